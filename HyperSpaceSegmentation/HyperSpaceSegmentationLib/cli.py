@@ -1,0 +1,243 @@
+"""The ``hyperspace`` command: segment, train, info, demo and evaluate without 3D Slicer.
+
+Errors a user can fix print one line, ``hyperspace: error: ...``, and exit with code 2; outputs are written
+to a temporary file and renamed, so an interrupted or failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import UserError
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "brain-tissue-mni152.pt"
+SAMPLE_SCAN = Path(__file__).resolve().parents[1] / "Resources" / "Samples" / "MNI152-T1-1.5mm.nrrd"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyperspace",
+        description="Spacing-adaptive medical image segmentation (HyperSpace): one model, any voxel spacing.",
+        epilog="Run 'hyperspace COMMAND --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    segment = commands.add_parser(
+        "segment", help="segment an image with a model, at its native spacing or any other",
+        description="Segment INPUT and write the labels on INPUT's own grid (size, spacing, origin, direction).",
+        epilog="Spacings per axis refer to the image axes after reorientation to the nearest L, P, S axes.",
+    )
+    segment.add_argument("input", help="image file (.nrrd, .nii.gz, .mha, ...) or a DICOM series folder")
+    segment.add_argument("-o", "--output", required=True,
+                         help="output label image; the extension picks the format (.seg.nrrd: Slicer segmentation)")
+    _model_argument(segment)
+    segment.add_argument("--spacing", nargs="+", metavar="S",
+                         help="working spacing: native (the image's own), auto (finest that fits the budget), one "
+                              "value in mm, or one per axis (SX SY SZ); default: native (FS models: their own)")
+    segment.add_argument("--max-voxels", type=float, default=None,
+                         help="budget for --spacing auto: most voxels at working spacing (default 4e6)")
+    segment.add_argument("--max-seconds", type=float, default=None,
+                         help="budget for --spacing auto: most seconds of prediction, measured on this device")
+    segment.add_argument("--allow-extrapolation", action="store_true",
+                         help="use a spacing outside the model's trained range instead of clamping it")
+    segment.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
+    segment.add_argument("--patch", type=int, default=None, help="sliding-window size in voxels (default 128 in 3D)")
+    segment.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    segment.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+    segment.add_argument("--quiet", action="store_true", help="no progress output")
+
+    info = commands.add_parser("info", help="describe a model: labels, spacing range, sizes",
+                               description="Describe a model file (default: the embedded model).")
+    info.add_argument("model", nargs="?", default=None, help=f"model file (default: {DEFAULT_MODEL.name})")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    demo = commands.add_parser("demo", help="segment the bundled sample scan at two spacings",
+                               description="Segment the bundled MNI152 sample at its native 1.5 mm and at 3 mm.")
+    demo.add_argument("--output-dir", default="hyperspace-demo", help="folder for the results (default: hyperspace-demo)")
+    _model_argument(demo)
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    demo.add_argument("--overwrite", action="store_true", help="replace results from an earlier demo")
+
+    train = commands.add_parser(
+        "train", help="train a model on your own data (CPU, GPU, or several with torchrun)",
+        description="Train HyperSpace or a baseline on a dataset JSON (see README). For several processes or GPUs: "
+                    "torchrun --nproc_per_node N $(which hyperspace) train ...",
+    )
+    train.add_argument("dataset", help="dataset JSON: modality, labels, training (and validation) cases")
+    train.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt and model.pt go here")
+    train.add_argument("--method", choices=["hyperspace", "fs", "as"], default="hyperspace",
+                       help="hyperspace (spacing-conditioned), fs (fixed spacing) or as (spacing augmentation)")
+    train.add_argument("--dim", type=int, choices=[2, 3], default=3, help="2D or 3D model (default 3)")
+    train.add_argument("--spacing-range", nargs=2, type=float, default=[0.8, 3.5], metavar=("MIN", "MAX"),
+                       help="random training spacing per axis in mm (default 0.8 3.5)")
+    train.add_argument("--fixed-spacing", type=float, default=None, help="the spacing of an FS model, in mm")
+    train.add_argument("--patch", type=int, default=64, help="patch edge in voxels, a multiple of 8 (default 64)")
+    train.add_argument("--batch-size", type=int, default=2, help="patches per step and process (default 2)")
+    train.add_argument("--iterations", type=int, default=1000, help="training steps (default 1000)")
+    train.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    train.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64],
+                       help="U-Net channels per level (default 8 16 32 64)")
+    train.add_argument("--rank", type=int, default=4, help="rank of the hypernetwork heads (default 4)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--workers", type=int, default=0, help="patch-loading processes (default 0: in the main one)")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    train.add_argument("--no-augment", action="store_true", help="no spatial or intensity augmentation")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="train again over an existing model.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help=f"model file (default: the embedded {DEFAULT_MODEL.name})")
+
+
+def _load(path: str | None):
+    from .io.model_file import load_model
+
+    if path is None and not DEFAULT_MODEL.exists():
+        raise UserError(f"the embedded model {DEFAULT_MODEL} is missing: install from the repository with "
+                        "'pip install -e .', or pass --model")
+    return load_model(path or DEFAULT_MODEL)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .inference import Segmenter, SpacingRequest, parse_spacing
+    from .io.images import check_image, check_output_path, read_image, write_labels
+    from .progress import Reporter
+
+    check_output_path(args.output, args.overwrite)
+    reporter = Reporter(stages=5, quiet=args.quiet)
+    with reporter.stage("load model and image"):
+        model = _load(args.model)
+        image = read_image(args.input)
+        check_image(image, str(args.input), model.dim)
+        request = parse_spacing(args.spacing)
+        if args.max_voxels is not None or args.max_seconds is not None:
+            if request.mode != "auto":
+                raise UserError("--max-voxels and --max-seconds apply to --spacing auto: add --spacing auto")
+        request = SpacingRequest(request.mode, request.values, int(args.max_voxels) if args.max_voxels else None,
+                                 args.max_seconds, args.allow_extrapolation)
+        segmenter = Segmenter(model, device=args.device, patch=args.patch)
+        choice = segmenter.choose_spacing(image, request)
+        memory = segmenter.check_memory(image, choice.spacing)
+    for note in choice.notes:
+        reporter.log(f"note: {note}")
+    reporter.log(f"working spacing: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm "
+                 f"(estimated peak memory {memory:,.0f} MB)")
+    labels = segmenter.segment(image, choice.spacing, reporter)
+    with reporter.stage("write"):
+        write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)
+    summary = {
+        "input": str(args.input), "output": str(args.output), "spacing_mm": list(choice.spacing),
+        "native_spacing_mm": list(image.GetSpacing()), "method": model.method, "device": segmenter.device.type,
+        "notes": choice.notes,
+        "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
+                    "peak_gpu_memory_mb": r.peak_gpu_memory_mb} for r in reporter.records],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif not args.quiet:
+        print(f"wrote {args.output} ({sum(r.seconds for r in reporter.records):.1f} s)")
+    return 0
+
+
+def describe(model, path: Path) -> dict:
+    """What ``hyperspace info`` reports about a model."""
+    counts = model.parameter_counts()
+    return {
+        "file": str(path), "file_size_mb": round(path.stat().st_size / 2**20, 2), "method": model.method,
+        "dimensions": model.dim, "labels": {str(k): v for k, v in sorted(model.labels.items())},
+        "spacing_range_mm": list(model.spacing_range),
+        "fixed_spacing_mm": list(model.fixed_spacing) if model.fixed_spacing else None,
+        "modality": model.normalisation.modality, "unet_features": list(model.unet_config.features),
+        "unet_parameters": counts["unet"], "hypernetwork_parameters": counts.get("hypernetwork"),
+        "training": {k: v for k, v in model.training.items() if k != "config"},
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    path = Path(args.model) if args.model else DEFAULT_MODEL
+    facts = describe(_load(str(path)), path)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    print(f"model file:        {facts['file']} ({facts['file_size_mb']} MB)")
+    print(f"method:            {facts['method']} ({facts['dimensions']}D, {facts['modality']})")
+    print("labels:            " + ", ".join(f"{k} {v}" for k, v in facts["labels"].items()))
+    print(f"spacing range:     {facts['spacing_range_mm'][0]:g}-{facts['spacing_range_mm'][1]:g} mm per axis")
+    if facts["fixed_spacing_mm"]:
+        print(f"fixed spacing:     {facts['fixed_spacing_mm']} mm")
+    print(f"U-Net:             {facts['unet_parameters']:,} parameters, features {facts['unet_features']}")
+    if facts["hypernetwork_parameters"]:
+        print(f"hypernetwork:      {facts['hypernetwork_parameters']:,} parameters")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    folder = Path(args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"sample: {SAMPLE_SCAN.name} (MNI152 T1 template at 1.5 mm); results in {folder.resolve()}")
+    for spacing, name in (("native", "native-1.5mm"), ("3", "coarse-3mm")):
+        output = folder / f"{name}.seg.nrrd"
+        start = time.perf_counter()
+        argv = ["segment", str(SAMPLE_SCAN), "-o", str(output), "--spacing", spacing, "--device", args.device,
+                "--quiet"]
+        if args.model:
+            argv += ["--model", args.model]
+        if args.overwrite:
+            argv.append("--overwrite")
+        run_segment(_parser().parse_args(argv))
+        print(f"  {name}: {output} in {time.perf_counter() - start:.1f} s")
+    print("open the .seg.nrrd files over the sample in 3D Slicer to compare them")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    if args.patch % 8:
+        raise UserError(f"--patch {args.patch} is not a multiple of 8: use 32, 48, 64, ...")
+    low, high = args.spacing_range
+    if not 0 < low <= high:
+        raise UserError(f"--spacing-range {low} {high}: give 0 < MIN <= MAX in mm")
+    config = TrainConfig(
+        dataset=args.dataset, output=args.output, method=args.method, dim=args.dim, spacing_min=low,
+        spacing_max=high, fixed_spacing=args.fixed_spacing, patch=args.patch, batch_size=args.batch_size,
+        iterations=args.iterations, learning_rate=args.learning_rate, features=tuple(args.features),
+        rank=args.rank, seed=args.seed, workers=args.workers, checkpoint_every=args.checkpoint_every,
+        device=args.device, augment=not args.no_augment,
+    )
+    path = train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"segment": run_segment, "info": run_info, "demo": run_demo, "train": run_train}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hyperspace`` script; returns the exit code."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up temporary files when cancelled
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"hyperspace: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hyperspace: cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Files: images, label maps, Slicer segmentations and model files."""

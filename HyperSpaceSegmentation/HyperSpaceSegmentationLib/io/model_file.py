@@ -1,0 +1,130 @@
+"""The model file: network weights (stored as float16) with everything needed to use them.
+
+A model file is a ``torch.save`` dictionary, loaded with ``weights_only=True`` (no code runs on load):
+format, version, method (``hyperspace``, ``fs`` or ``as``), the U-Net and hypernetwork shapes, label names
+and colours, the trained spacing range, the FS spacing, the intensity normalisation and training notes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..networks import HyperConfig, HyperSpaceNet, UNet, UNetConfig
+from ..preprocessing import Normalisation
+from .images import atomic_output
+
+FORMAT = "hyperspace-segmentation-model"
+VERSION = 1
+METHODS = ("hyperspace", "fs", "as")
+
+
+@dataclass
+class SegmentationModel:
+    """A network with its labels, spacing range and normalisation."""
+
+    method: str
+    network: nn.Module
+    labels: dict[int, str]
+    spacing_range: tuple[float, float]
+    normalisation: Normalisation
+    fixed_spacing: tuple[float, ...] | None = None
+    colors: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    @property
+    def unet_config(self) -> UNetConfig:
+        return self.network.unet.config if isinstance(self.network, HyperSpaceNet) else self.network.config
+
+    @property
+    def dim(self) -> int:
+        return self.unet_config.dim
+
+    def trainable(self) -> nn.Module:
+        """The part that is trained and saved: the hypernetwork for HyperSpace, the U-Net otherwise."""
+        return self.network.hypernet if isinstance(self.network, HyperSpaceNet) else self.network
+
+    def parameter_counts(self) -> dict[str, int]:
+        unet = sum(p.numel() for p in UNet(self.unet_config).parameters())
+        counts = {"unet": unet}
+        if isinstance(self.network, HyperSpaceNet):
+            counts["hypernetwork"] = sum(p.numel() for p in self.network.hypernet.parameters())
+        return counts
+
+
+def build_network(method: str, unet_config: UNetConfig, hyper_config: HyperConfig | None) -> nn.Module:
+    """The network for a training method: a HyperSpaceNet or a plain U-Net."""
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if method == "hyperspace":
+        return HyperSpaceNet(unet_config, hyper_config or HyperConfig())
+    return UNet(unet_config)
+
+
+def save_model(model: SegmentationModel, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``model`` atomically; float weights are stored in half precision."""
+    network = model.network
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "method": model.method,
+        "unet": model.unet_config.to_dict(),
+        "hyper": network.hypernet.config.to_dict() if isinstance(network, HyperSpaceNet) else None,
+        "labels": {int(k): str(v) for k, v in model.labels.items()},
+        "colors": {int(k): [float(c) for c in v] for k, v in model.colors.items()},
+        "spacing_range": [float(v) for v in model.spacing_range],
+        "fixed_spacing": list(model.fixed_spacing) if model.fixed_spacing else None,
+        "normalisation": model.normalisation.to_dict(),
+        "training": model.training,
+        "state_dict": {k: v.detach().cpu().half() for k, v in model.trainable().state_dict().items()},
+    }
+    with atomic_output(path, overwrite) as temporary:
+        torch.save(payload, temporary)
+    return Path(path)
+
+
+def load_model(path: str | os.PathLike) -> SegmentationModel:
+    """Read a model file; a ``UserError`` names a missing, corrupt or unknown-version file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file {path} does not exist: check the --model path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged files
+        raise UserError(f"model file {path} is corrupt or not a model ({type(error).__name__}): use an intact model file") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a HyperSpace Segmentation model file: train one with 'hyperspace train'")
+    if payload.get("version") != VERSION:
+        raise UserError(
+            f"{path} is a model file of version {payload.get('version')}, this program reads version {VERSION}: "
+            "update HyperSpace Segmentation or use a matching model"
+        )
+    try:
+        unet_config = UNetConfig(**{**payload["unet"], "features": tuple(payload["unet"]["features"])})
+        hyper = HyperConfig(**payload["hyper"]) if payload["hyper"] else None
+        network = build_network(payload["method"], unet_config, hyper)
+        model = SegmentationModel(
+            method=payload["method"],
+            network=network,
+            labels={int(k): v for k, v in payload["labels"].items()},
+            spacing_range=tuple(payload["spacing_range"]),
+            normalisation=Normalisation(**payload["normalisation"]),
+            fixed_spacing=tuple(payload["fixed_spacing"]) if payload["fixed_spacing"] else None,
+            colors={int(k): tuple(v) for k, v in payload.get("colors", {}).items()},
+            training=payload.get("training", {}),
+        )
+        state = {k: v.float() for k, v in payload["state_dict"].items()}
+        model.trainable().load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise UserError(f"model file {path} is incomplete or inconsistent ({_short(error)}): use an intact model file") from None
+    network.eval()
+    return model
+
+
+def _short(error: Exception) -> str:
+    return str(error).splitlines()[0][:160] if str(error) else type(error).__name__

@@ -1,0 +1,54 @@
+"""Intensity normalisation, the same in training and inference (MIST's rules).
+
+- ``mr`` (and any other non-CT modality): z-score over the non-zero voxels; voxels that were zero stay zero,
+  so skull-stripped images keep an exactly empty background.
+- ``ct``: clip to the training set's 0.5-99.5 percentile window of foreground intensities, then z-score
+  with the training set's mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How to normalise intensities; CT fields come from the training set."""
+
+    modality: str = "mr"
+    clip_low: float = 0.0
+    clip_high: float = 0.0
+    mean: float = 0.0
+    std: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """Normalised float32 copy of ``array``; NaN voxels become 0."""
+        values = np.nan_to_num(array.astype(np.float32, copy=True), nan=0.0, posinf=0.0, neginf=0.0)
+        if self.modality == "ct":
+            np.clip(values, self.clip_low, self.clip_high, out=values)
+            values -= self.mean
+            values /= max(self.std, 1e-6)
+            return values
+        mask = values != 0
+        if mask.sum() < 0.01 * values.size:
+            mask = np.ones_like(mask)
+        inside = values[mask]
+        values -= inside.mean()
+        values /= max(float(inside.std()), 1e-6)
+        values[~mask] = 0.0
+        return values
+
+
+def fit_normalisation(modality: str, arrays_and_masks: list[tuple[np.ndarray, np.ndarray]]) -> Normalisation:
+    """The normalisation for a training set: CT statistics over the labelled foreground, none for MR."""
+    if modality.lower() != "ct":
+        return Normalisation(modality=modality.lower())
+    foreground = np.concatenate([a[m > 0].astype(np.float64) for a, m in arrays_and_masks])
+    low, high = np.percentile(foreground, [0.5, 99.5])
+    clipped = np.clip(foreground, low, high)
+    return Normalisation("ct", float(low), float(high), float(clipped.mean()), float(clipped.std()))

@@ -1,0 +1,88 @@
+"""The dataset description: a JSON file in the spirit of MIST's dataset JSON.
+
+    {
+      "task": "brain tissue",
+      "modality": "mr",
+      "labels": {"0": "background", "1": "CSF", "2": "grey matter", "3": "white matter"},
+      "colors": {"1": [0.2, 0.4, 0.9]},
+      "training": [{"id": "case1", "image": "images/case1.nii.gz", "label": "labels/case1.nii.gz"}],
+      "validation": [{"id": "case2", "image": "images/case2.nii.gz", "label": "labels/case2.nii.gz"}]
+    }
+
+Paths are relative to the JSON file. ``colors`` and ``validation`` are optional; label ``0`` is background.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class Dataset:
+    task: str
+    modality: str
+    labels: dict[int, str]
+    training: list[Case]
+    validation: list[Case] = field(default_factory=list)
+    colors: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+
+
+def load_dataset(path: str | os.PathLike) -> Dataset:
+    """Read and check a dataset JSON; every problem is a one-line ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dataset file {path} does not exist: give the path of the dataset JSON")
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"dataset file {path} is not valid JSON ({error}): fix its syntax") from None
+    for key in ("modality", "labels", "training"):
+        if key not in spec:
+            raise UserError(f"dataset file {path} has no {key!r} entry: see the README for the format")
+    try:
+        labels = {int(k): str(v) for k, v in spec["labels"].items()}
+    except (AttributeError, ValueError):
+        raise UserError(f"dataset file {path}: 'labels' must map label values to names, like {{\"0\": \"background\"}}") from None
+    if 0 not in labels or len(labels) < 2:
+        raise UserError(f"dataset file {path}: 'labels' needs background 0 and at least one more label")
+    if max(labels) > 255 or min(labels) < 0:
+        raise UserError(f"dataset file {path}: label values must lie in 0-255")
+    return Dataset(
+        task=str(spec.get("task", path.stem)),
+        modality=str(spec["modality"]).lower(),
+        labels=labels,
+        training=_cases(spec["training"], path, "training"),
+        validation=_cases(spec.get("validation", []), path, "validation"),
+        colors={int(k): tuple(float(c) for c in v) for k, v in spec.get("colors", {}).items()},
+    )
+
+
+def _cases(entries: list, json_path: Path, section: str) -> list[Case]:
+    if not isinstance(entries, list) or (section == "training" and not entries):
+        raise UserError(f"dataset file {json_path}: {section!r} must be a non-empty list of cases")
+    cases = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise UserError(f"dataset file {json_path}: {section} case {index} needs 'image' and 'label' paths")
+        case = Case(
+            id=str(entry.get("id", f"{section}-{index}")),
+            image=(json_path.parent / entry["image"]).resolve(),
+            label=(json_path.parent / entry["label"]).resolve(),
+        )
+        for file in (case.image, case.label):
+            if not file.exists():
+                raise UserError(f"dataset file {json_path}: {file} of case {case.id} does not exist")
+        cases.append(case)
+    return cases
