@@ -34,8 +34,11 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
 
 
 def patch_size_for(shape: Sequence[int], patch: Sequence[int], divisor: int) -> tuple[int, ...]:
-    """The window size: ``patch``, shrunk on axes where the image is smaller, in multiples of ``divisor``."""
-    return tuple(min(p, math.ceil(s / divisor) * divisor) for s, p in zip(shape, patch))
+    """The window size: ``patch``, shrunk on axes where the image is smaller, in multiples of ``divisor``.
+
+    It is at least ``2 * divisor`` so that the deepest level keeps more than one voxel to normalise.
+    """
+    return tuple(min(p, max(math.ceil(s / divisor), 2) * divisor) for s, p in zip(shape, patch))
 
 
 def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:

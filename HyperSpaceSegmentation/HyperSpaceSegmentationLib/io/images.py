@@ -43,6 +43,9 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
+        if "spacing" in str(error).lower():
+            raise UserError(f"{path} has an invalid voxel spacing in its header ({_first_line(error)}): "
+                            "fix the spacing in the header") from None
         raise UserError(f"{path} could not be read as an image ({_first_line(error)}): check that it is not damaged") from None
 
 

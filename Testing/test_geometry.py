@@ -1,0 +1,68 @@
+"""Results lie on the input's own grid, oblique or not, and labels survive a trip to a working grid and back."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HyperSpaceSegmentationLib.geometry import resample_labels, same_grid, working_grid
+from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
+from HyperSpaceSegmentationLib.inference.segmenter import probabilities_to_labels
+from HyperSpaceSegmentationLib.progress import Reporter
+
+from conftest import OBLIQUE, phantom, tiny_model
+
+GRIDS = {
+    "identity": dict(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0)),
+    "oblique-anisotropic": dict(size=(48, 40, 12), spacing=(0.7, 0.8, 3.0), origin=(-12.5, 30.2, 101.0), direction=OBLIQUE),
+    "flipped-axes": dict(size=(32, 40, 36), spacing=(1.2, 0.9, 1.6), origin=(5.0, -7.0, 3.0),
+                         direction=(0, 0, -1, -1, 0, 0, 0, 1, 0)),
+}
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("spacing", [None, (2.0, 2.0, 2.0), (1.0, 1.0, 3.5)])
+def test_segmentation_lies_on_the_input_grid(grid, spacing):
+    image, _ = phantom(**GRIDS[grid])
+    segmenter = Segmenter(tiny_model(), device="cpu", patch=32)
+    request = SpacingRequest("explicit", spacing) if spacing else SpacingRequest("native")
+    choice = segmenter.choose_spacing(image, request)
+    labels = segmenter.segment(image, choice.spacing, Reporter(3, quiet=True))
+    assert same_grid(labels, image, tolerance=0)
+    assert labels.GetPixelID() == sitk.sitkUInt8
+
+
+def test_working_grid_keeps_extent_origin_and_direction():
+    image, _ = phantom(**GRIDS["oblique-anisotropic"])
+    grid = working_grid(image, (2.0, 2.0, 2.0))
+    assert grid.GetDirection() == image.GetDirection()
+    # the outer corner of the first voxel stays put
+    corner = image.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5))
+    assert np.allclose(grid.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)), corner, atol=1e-6)
+    far = image.TransformContinuousIndexToPhysicalPoint([n - 0.5 for n in image.GetSize()])
+    assert np.allclose(grid.TransformContinuousIndexToPhysicalPoint([n - 0.5 for n in grid.GetSize()]), far, atol=1e-6)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_labels_survive_working_spacing_and_back(grid):
+    _, labels = phantom(**GRIDS[grid])
+    working = working_grid(labels, (2.0, 2.0, 2.0))
+    coarse = sitk.GetArrayFromImage(
+        sitk.Resample(sitk.Cast(labels, sitk.sitkFloat32), working, sitk.Transform(), sitk.sitkLinear)
+    )
+    # one-hot probabilities at the working spacing, as the network would give them
+    one_hot = np.stack([
+        sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(labels == v, sitk.sitkFloat32), working, sitk.Transform(), sitk.sitkLinear))
+        for v in range(3)
+    ])
+    assert one_hot.shape[1:] == coarse.shape
+    back = probabilities_to_labels(one_hot, [0, 1, 2], working, labels)
+    assert same_grid(back, labels, tolerance=0)
+    original, restored = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(back)
+    for value in (1, 2):
+        a, b = original == value, restored == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
+
+
+def test_nearest_neighbour_label_resampling_is_exact_on_the_same_grid():
+    _, labels = phantom(**GRIDS["oblique-anisotropic"])
+    assert np.array_equal(sitk.GetArrayFromImage(resample_labels(labels, labels)), sitk.GetArrayFromImage(labels))

@@ -1,0 +1,78 @@
+"""The hypernetwork's outputs, its size, and the equality of generated and static U-Nets."""
+
+import math
+
+import pytest
+import torch
+
+from HyperSpaceSegmentationLib.io.model_file import load_model, save_model
+from HyperSpaceSegmentationLib.networks import HyperConfig, HyperSpaceNet, UNet, UNetConfig
+
+from conftest import tiny_model
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_generated_weights_have_the_unet_shapes(dim):
+    config = UNetConfig(dim=dim, num_classes=4, features=(4, 8, 16, 16))
+    net = HyperSpaceNet(config, HyperConfig(hidden=16, rank=3))
+    weights = net.generate(torch.tensor([[1.0] * dim, [3.0] * dim]))
+    expected = dict(UNet(config).named_parameters())
+    assert weights.keys() == expected.keys()
+    for name, value in weights.items():
+        assert value.shape == (2, *expected[name].shape)
+    logits = net(torch.randn(2, 1, *([16] * dim)), torch.tensor([[1.0] * dim, [2.0] * dim]))
+    assert logits.shape == (2, 4, *([16] * dim))
+
+
+def test_parameter_counts_follow_the_low_rank_heads():
+    config, hyper = UNetConfig(num_classes=4), HyperConfig(hidden=64, rank=4)
+    net = HyperSpaceNet(config, hyper)
+    unet = sum(p.numel() for p in UNet(config).parameters())
+    tensors = len(list(UNet(config).parameters()))
+    mlp = (3 * 64 + 64) + 2 * (64 * 64 + 64)
+    heads = (hyper.rank + 1) * unet + 64 * hyper.rank * tensors + hyper.rank * tensors
+    assert sum(p.numel() for p in net.hypernet.parameters()) == mlp + heads
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == mlp + heads  # only the hypernet trains
+
+
+def test_default_size_model_file_fits_in_10_mb(tmp_path):
+    model = tiny_model()
+    model.network = HyperSpaceNet(UNetConfig(num_classes=4), HyperConfig())
+    path = save_model(model, tmp_path / "model.pt")
+    assert path.stat().st_size < 10 * 2**20
+
+
+def test_generated_weights_start_he_initialised():
+    net = HyperSpaceNet(UNetConfig(num_classes=2), HyperConfig())
+    weights = net.generate(torch.tensor([[1.0, 1.0, 1.0]]))
+    kernel = weights["encoder.1.blocks.0.conv.weight"][0]
+    fan_in = kernel[0].numel()
+    assert kernel.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.15)
+    assert torch.allclose(weights["encoder.0.blocks.0.norm.weight"], torch.ones(1, 8), atol=0.2)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_mixed_spacing_batch_equals_static_unets(dim):
+    torch.manual_seed(0)
+    net = HyperSpaceNet(UNetConfig(dim=dim, num_classes=3, features=(4, 8, 8, 16)), HyperConfig(hidden=16, rank=2))
+    # make the weights depend strongly on the spacing, as after training
+    with torch.no_grad():
+        net.hypernet.basis.normal_(0, 0.5)
+    spacings = [(0.9,) * dim, (3.2,) + (1.1,) * (dim - 1)]
+    x = torch.randn(2, 1, *([16] * dim))
+    batched = net(x, torch.tensor(spacings))
+    static = [net.static_unet(s)(x[i:i + 1])[0] for i, s in enumerate(spacings)]
+    for i in range(2):
+        assert torch.allclose(batched[i], static[i], atol=1e-4)
+    assert not torch.allclose(static[0], net.static_unet(spacings[1])(x[:1])[0], atol=1e-3)
+
+
+def test_model_file_round_trip_keeps_the_network(tmp_path):
+    model = tiny_model()
+    path = save_model(model, tmp_path / "m.pt")
+    loaded = load_model(path)
+    x, spacing = torch.randn(1, 1, 16, 16, 16), torch.tensor([[1.3, 1.3, 2.0]])
+    with torch.no_grad():
+        # weights are stored in half precision
+        assert torch.allclose(model.network(x, spacing), loaded.network(x, spacing), atol=5e-2)
+    assert loaded.labels == model.labels and loaded.spacing_range == model.spacing_range
