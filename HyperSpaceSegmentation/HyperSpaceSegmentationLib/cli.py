@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -94,7 +95,32 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--overwrite", action="store_true", help="train again over an existing model.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate = commands.add_parser(
+        "evaluate", help="score segmentations against references (Dice, HD95, ASSD, surface Dice, ...)",
+        description="Score PREDICTION against REFERENCE per class, or a batch of cases with --paths-csv. Distances "
+                    "are in mm on the images' own grid. Metrics: " + ", ".join(_metric_names()) + ".",
+    )
+    evaluate.add_argument("reference", nargs="?", help="reference label image or .seg.nrrd")
+    evaluate.add_argument("prediction", nargs="?", help="predicted label image or .seg.nrrd (or probabilities in [0, 1])")
+    evaluate.add_argument("--paths-csv", help="batch: CSV with columns id, mask (reference) and prediction")
+    evaluate.add_argument("--labels", nargs="+", metavar="L",
+                          help="classes: label values (2), groups (1,2,3) or segment names; default: every label present")
+    evaluate.add_argument("--config", help="MIST-style JSON: {\"classes\": {name: [labels]}, \"metrics\": [...], \"tolerance\": mm}")
+    evaluate.add_argument("--metrics", nargs="+", metavar="M", help="metrics to compute (default: all)")
+    evaluate.add_argument("--tolerance", type=float, default=None, help="surface Dice tolerance in mm (default 1.0)")
+    evaluate.add_argument("--resample-to-reference", action="store_true",
+                          help="resample a prediction on another grid onto the reference's (nearest neighbour)")
+    evaluate.add_argument("-o", "--output", help="write a MIST-style results.csv")
+    evaluate.add_argument("--workers", type=int, default=1, help="processes for a batch (default 1)")
+    evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     return parser
+
+
+def _metric_names() -> list[str]:
+    from .evaluation import METRICS
+
+    return list(METRICS)
 
 
 def _model_argument(parser: argparse.ArgumentParser) -> None:
@@ -222,7 +248,61 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"segment": run_segment, "info": run_info, "demo": run_demo, "train": run_train}
+def run_evaluate(args: argparse.Namespace) -> int:
+    import math
+
+    from .evaluation import DEFAULT_METRICS, evaluate_batch, evaluate_files, write_results_csv
+    from .evaluation.evaluate import check_metrics, read_paths_csv
+    from .evaluation.labels import classes_from_labels, load_config
+    from .io.images import check_output_path
+    from .progress import Reporter
+
+    if bool(args.paths_csv) == bool(args.reference and args.prediction):
+        raise UserError("give either REFERENCE and PREDICTION, or --paths-csv CASES.csv")
+    classes, metrics, tolerance = load_config(args.config) if args.config else (None, None, None)
+    if args.labels:
+        classes = classes_from_labels(args.labels)
+    metrics = check_metrics(args.metrics or metrics or list(DEFAULT_METRICS))
+    tolerance = args.tolerance if args.tolerance is not None else tolerance if tolerance is not None else 1.0
+    if not (tolerance >= 0 and math.isfinite(tolerance)):
+        raise UserError(f"--tolerance {tolerance}: give a distance of 0 mm or more")
+    if args.output:
+        if not args.output.lower().endswith(".csv"):
+            raise UserError(f"{args.output}: results are written as CSV; give a name ending in .csv")
+        if os.path.exists(args.output) and not args.overwrite:
+            raise UserError(f"{args.output} exists: pass --overwrite to replace it, or choose another output name")
+    if args.paths_csv:
+        cases = read_paths_csv(args.paths_csv)
+        reporter = Reporter(stages=1, quiet=args.json)
+        with reporter.stage(f"evaluate {len(cases)} cases", total=len(cases)) as update:
+            rows = evaluate_batch(cases, classes, metrics, tolerance, args.resample_to_reference, args.workers, update)
+        for row in rows:
+            if "error" in row:
+                print(f"hyperspace: case {row['id']} failed: {row['error']}", file=sys.stderr)
+    else:
+        rows = [{"id": Path(args.prediction).name, **evaluate_files(
+            args.reference, args.prediction, classes, metrics, tolerance, args.resample_to_reference)}]
+    if args.output:
+        write_results_csv(rows, args.output, args.overwrite)
+    if args.json:
+        print(json.dumps(rows if args.paths_csv else rows[0], indent=2, default=str))
+    elif not args.paths_csv:
+        _print_case(rows[0], metrics)
+    if args.output and not args.json:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _print_case(row: dict, metrics: list[str]) -> None:
+    """One line per class, one column per metric."""
+    classes = [k[: -len("_empty")] for k in row if k.endswith("_empty")]
+    width = max([len(c) for c in classes] + [5])
+    print(f"{'class':<{width}}  " + "  ".join(f"{m:>12}" for m in metrics))
+    for name in classes:
+        print(f"{name:<{width}}  " + "  ".join(f"{row[f'{name}_{m}']:>12.4g}" for m in metrics))
+
+
+COMMANDS = {"segment": run_segment, "info": run_info, "demo": run_demo, "train": run_train, "evaluate": run_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

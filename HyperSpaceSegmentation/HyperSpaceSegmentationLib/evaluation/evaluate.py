@@ -1,0 +1,177 @@
+"""Score predictions against references: one case, or a batch from a MIST-style paths CSV, into results.csv.
+
+results.csv follows MIST: one row per case with ``id`` and ``{class}_{metric}`` columns, then five summary rows
+(Mean, Std, 25th Percentile, Median, 75th Percentile) that ignore NaN. A ``{class}_empty`` column says which
+empty-mask convention applied (none, both, reference or prediction); a failed case keeps its row, with the
+reason in ``error``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import UserError
+from ..geometry import grid_difference, resample_labels
+from ..io.images import atomic_output
+from .labels import ClassSpec, Segmentation, default_classes, read_segmentation
+from .metrics import DEFAULT_METRICS, METRICS, Comparison, compute
+
+SUMMARY_ROWS = ("Mean", "Std", "25th Percentile", "Median", "75th Percentile")
+
+
+def check_metrics(names: Sequence[str]) -> list[str]:
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise UserError(f"unknown metric {', '.join(unknown)}: choose from {', '.join(METRICS)}")
+    return list(names)
+
+
+def align(reference: Segmentation, prediction: Segmentation, resample: bool, names: tuple[str, str]) -> Segmentation:
+    """The prediction on the reference grid: unchanged if the grids match, resampled (nearest) if allowed."""
+    difference = grid_difference(reference.image, prediction.image)
+    if not difference:
+        return prediction
+    if not resample:
+        raise UserError(f"{names[1]} and {names[0]} are on different grids ({difference}): "
+                        "pass --resample-to-reference to resample the prediction")
+    moved = sitk.GetImageFromArray(prediction.values.astype(np.int32))
+    moved.CopyInformation(prediction.image)
+    values = sitk.GetArrayFromImage(resample_labels(moved, reference.image))
+    segments = {}
+    for name, mask in prediction.segments.items():
+        image = sitk.GetImageFromArray(mask.astype(np.uint8))
+        image.CopyInformation(prediction.image)
+        segments[name] = sitk.GetArrayFromImage(resample_labels(image, reference.image)).astype(bool)
+    return Segmentation(reference.image, values, segments, value_names=prediction.value_names)
+
+
+def evaluate_pair(
+    reference: Segmentation, prediction: Segmentation, classes: Sequence[ClassSpec] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS, tolerance: float = 1.0,
+) -> dict[str, float | str]:
+    """``{class}_{metric}`` values (and ``{class}_empty``) for a prediction on the reference's grid."""
+    spacing = tuple(reversed(reference.image.GetSpacing()))
+    row: dict[str, float | str] = {}
+    for spec in classes or default_classes(reference, prediction):
+        comparison = Comparison(
+            reference.mask(spec), prediction.mask(spec), spacing, tolerance,
+            prediction.probabilities if prediction.probabilities is not None and spec.labels == (1,) else None,
+        )
+        for name in metrics:
+            row[f"{spec.name}_{name}"] = compute(METRICS[name], comparison)
+        row[f"{spec.name}_empty"] = comparison.empty
+    return row
+
+
+def evaluate_files(
+    reference: str | os.PathLike, prediction: str | os.PathLike, classes: Sequence[ClassSpec] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS, tolerance: float = 1.0, resample: bool = False,
+) -> dict[str, float | str]:
+    """Read and score one case."""
+    ref = read_segmentation(reference)
+    pred = align(ref, read_segmentation(prediction), resample, (str(reference), str(prediction)))
+    return evaluate_pair(ref, pred, classes, metrics, tolerance)
+
+
+def read_paths_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Cases from a CSV with columns id, mask (the reference) and prediction; relative paths from the CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"paths CSV {path} does not exist: check the --paths-csv path")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"id", "mask", "prediction"} <= set(rows[0]):
+        raise UserError(f"paths CSV {path} needs the columns id, mask and prediction (MIST's layout)")
+    for row in rows:
+        for key in ("mask", "prediction"):
+            row[key] = str((path.parent / row[key]).resolve()) if not os.path.isabs(row[key]) else row[key]
+    return rows
+
+
+def _evaluate_row(args: tuple) -> dict[str, float | str]:
+    case, classes, metrics, tolerance, resample = args
+    try:
+        return {"id": case["id"], **evaluate_files(case["mask"], case["prediction"], classes, metrics, tolerance, resample)}
+    except UserError as error:
+        return {"id": case["id"], "error": str(error)}
+
+
+def evaluate_batch(
+    cases: list[dict[str, str]], classes: Sequence[ClassSpec] | None, metrics: Sequence[str], tolerance: float,
+    resample: bool = False, workers: int = 1, update: Callable[[int], None] | None = None,
+) -> list[dict[str, float | str]]:
+    """Score every case (in ``workers`` processes); a failing case keeps its row with an ``error``."""
+    jobs = [(case, classes, metrics, tolerance, resample) for case in cases]
+    if workers <= 1:
+        results = []
+        for job in jobs:
+            results.append(_evaluate_row(job))
+            if update:
+                update(1)
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = []
+        for result in pool.map(_evaluate_row, jobs):
+            results.append(result)
+            if update:
+                update(1)
+        return results
+
+
+def results_table(rows: Iterable[dict[str, float | str]]) -> tuple[list[str], list[dict[str, float | str]]]:
+    """Columns and rows of results.csv: the cases, then the NaN-aware summary rows."""
+    rows = list(rows)
+    columns = ["id"]
+    for row in rows:
+        columns += [k for k in row if k not in columns and k != "error"]
+    if any("error" in row for row in rows):
+        columns.append("error")
+    numeric = [c for c in columns if c not in ("id", "error") and not c.endswith("_empty")]
+    values = {c: np.array([_number(row.get(c)) for row in rows], dtype=float) for c in numeric}
+    summaries = []
+    for label in SUMMARY_ROWS:
+        summary: dict[str, float | str] = {"id": label}
+        for column, data in values.items():
+            data = data[~np.isnan(data)]
+            if data.size == 0:
+                summary[column] = math.nan
+            elif label == "Mean":
+                summary[column] = float(data.mean())
+            elif label == "Std":
+                summary[column] = float(data.std())
+            else:
+                summary[column] = float(np.percentile(data, {"25th Percentile": 25, "Median": 50, "75th Percentile": 75}[label]))
+        summaries.append(summary)
+    return columns, rows + summaries
+
+
+def _number(value: float | str | None) -> float:
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def write_results_csv(rows: Iterable[dict[str, float | str]], path: str | os.PathLike, overwrite: bool) -> Path:
+    """Write results.csv (atomically) in MIST's layout."""
+    columns, table = results_table(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: _format(v) for k, v in row.items()})
+    with atomic_output(path, overwrite) as temporary:
+        temporary.write_text(buffer.getvalue())
+    return Path(path)
+
+
+def _format(value: float | str) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.6g}"
+    return str(value)

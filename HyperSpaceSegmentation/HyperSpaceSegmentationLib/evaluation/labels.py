@@ -1,0 +1,139 @@
+"""Segmentations to score: label images (any SimpleITK format) or Slicer ``.seg.nrrd`` files, and the classes
+to score in them (label values, segment names, or named groups of labels from a MIST-style JSON config).
+
+Config JSON: ``{"classes": {"whole tumour": [1, 2, 3], "core": [1, 3]}, "metrics": ["dice", "haus95"],
+"tolerance": 1.0}``; MIST's ``final_classes`` is read as ``classes``. All keys are optional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import UserError
+from ..io.images import extension, read_image
+
+MAX_LABELS = 1000
+
+
+@dataclass
+class Segmentation:
+    """Masks on one grid; ``image`` carries the grid (and the label values of a label image)."""
+
+    image: sitk.Image
+    values: np.ndarray  # label values in array order (z, y, x); for .seg.nrrd the segments' label values
+    segments: dict[str, np.ndarray]  # segment name -> mask ({} for plain label images)
+    probabilities: np.ndarray | None = None  # a floating-point prediction in [0, 1]
+    value_names: dict[int, str] = field(default_factory=dict)  # label value -> segment name (.seg.nrrd)
+
+    def mask(self, spec: "ClassSpec") -> np.ndarray:
+        if spec.segment is not None:
+            if spec.segment not in self.segments:
+                raise UserError(f"no segment named {spec.segment!r} (segments: {', '.join(self.segments) or 'none'}): "
+                                "check the class names")
+            return self.segments[spec.segment]
+        return np.isin(self.values, spec.labels)
+
+    def present_values(self) -> set[int]:
+        return {int(v) for v in np.unique(self.values) if v != 0}
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """A class to score: a union of label values, or a segment found by name."""
+
+    name: str
+    labels: tuple[int, ...] = ()
+    segment: str | None = None
+
+
+def read_segmentation(path: str | os.PathLike) -> Segmentation:
+    """Read a label image or a ``.seg.nrrd``; non-integer images must hold probabilities in [0, 1]."""
+    path = Path(path)
+    if extension(path) == ".seg.nrrd":
+        return _read_seg_nrrd(path)
+    image = read_image(path)
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (2, 3):
+        raise UserError(f"{path} is not a 2D or 3D label image: give a scalar label map or a .seg.nrrd")
+    array = sitk.GetArrayFromImage(image)
+    if np.issubdtype(array.dtype, np.integer):
+        if len(np.unique(array)) > MAX_LABELS:
+            raise UserError(f"{path} has more than {MAX_LABELS} distinct values, so it looks like an intensity image: "
+                            "give a label map")
+        return Segmentation(image, array, {})
+    if np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
+        return Segmentation(image, (array >= 0.5).astype(np.uint8), {}, probabilities=array)
+    if np.isfinite(array).all() and np.array_equal(array, np.round(array)):
+        return Segmentation(image, array.astype(np.int64), {})
+    raise UserError(f"{path} holds non-integer values outside [0, 1]: give a label map (or probabilities in [0, 1])")
+
+
+def _read_seg_nrrd(path: Path) -> Segmentation:
+    import slicerio
+
+    image = read_image(path)  # checks that it exists and reads the grid
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as error:  # slicerio raises several types for malformed headers
+        raise UserError(f"{path} is not a readable Slicer segmentation ({error}): check the file") from None
+    shape = sitk.GetArrayViewFromImage(image).shape
+    values = np.zeros(shape[-3:] if len(shape) > 3 else shape, dtype=np.int64)
+    segments, names = {}, {}
+    for segment in segmentation["segments"]:
+        mask = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)
+        segments[segment["name"]] = mask
+        values[mask] = int(segment["labelValue"])
+        names[int(segment["labelValue"])] = segment["name"]
+    grid = sitk.GetImageFromArray(values.astype(np.uint16))
+    grid.SetSpacing(image.GetSpacing()[:3])
+    grid.SetOrigin(image.GetOrigin()[:3])
+    grid.SetDirection(np.array(image.GetDirection()).reshape(image.GetDimension(), -1)[:3, :3].ravel().tolist())
+    return Segmentation(grid, values, segments, value_names=names)
+
+
+def default_classes(reference: Segmentation, prediction: Segmentation) -> list[ClassSpec]:
+    """Segments by name when both files have named segments, else each label value present in either."""
+    if reference.segments and prediction.segments:
+        names = list(reference.segments) + [n for n in prediction.segments if n not in reference.segments]
+        return [ClassSpec(name, segment=name) for name in names]
+    values = sorted(reference.present_values() | prediction.present_values())
+    names = {**prediction.value_names, **reference.value_names}
+    return [ClassSpec(names.get(v, str(v)), labels=(v,)) for v in values]
+
+
+def classes_from_labels(labels: list[str]) -> list[ClassSpec]:
+    """``--labels``: label values (``2``), groups (``1,2,3``) or segment names."""
+    classes = []
+    for item in labels:
+        parts = item.split(",")
+        if all(p.strip().lstrip("-").isdigit() for p in parts):
+            values = tuple(int(p) for p in parts)
+            classes.append(ClassSpec("+".join(map(str, values)), labels=values))
+        else:
+            classes.append(ClassSpec(item, segment=item))
+    return classes
+
+
+def load_config(path: str | os.PathLike) -> tuple[list[ClassSpec] | None, list[str] | None, float | None]:
+    """(classes, metrics, tolerance) from a MIST-style JSON config; absent keys give ``None``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist: check the --config path")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"config file {path} is not valid JSON ({error}): fix its syntax") from None
+    groups = config.get("classes", config.get("final_classes"))
+    classes = None
+    if groups is not None:
+        if not isinstance(groups, dict) or not all(isinstance(v, list) and v for v in groups.values()):
+            raise UserError(f"config file {path}: 'classes' must map names to lists of label values")
+        classes = [ClassSpec(name, labels=tuple(int(v) for v in values)) for name, values in groups.items()]
+    metrics = config.get("metrics")
+    tolerance = config.get("tolerance")
+    return classes, metrics, float(tolerance) if tolerance is not None else None
