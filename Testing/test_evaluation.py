@@ -1,0 +1,248 @@
+"""Metrics on cases with known answers, the empty-mask conventions, results.csv, and bad inputs."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HyperSpaceSegmentationLib.cli import main
+from HyperSpaceSegmentationLib.evaluation import METRICS, evaluate_files
+from HyperSpaceSegmentationLib.evaluation.metrics import Comparison, compute
+from HyperSpaceSegmentationLib.io.images import write_labels
+
+from conftest import OBLIQUE
+
+
+def ball(shape, spacing, radius, centre=None, norm=2):
+    """Mask of points within ``radius`` mm of the centre (norm 2: sphere, inf: cube); array-axis order."""
+    centre = centre if centre is not None else [(n - 1) / 2 * s for n, s in zip(shape, spacing)]
+    axes = np.meshgrid(*[np.arange(n) * s - c for n, s, c in zip(shape, spacing, centre)], indexing="ij")
+    if norm == 2:
+        return np.sqrt(sum(a ** 2 for a in axes)) <= radius
+    return np.max(np.abs(np.stack(axes)), axis=0) <= radius
+
+
+def scores(reference, prediction, spacing, tolerance=1.0, **kwargs):
+    comparison = Comparison(reference, prediction, spacing, tolerance, **kwargs)
+    return {name: compute(metric, comparison) for name, metric in METRICS.items()} | {"empty": comparison.empty}
+
+
+GRIDS = {"isotropic": (1.0, 1.0, 1.0), "anisotropic": (2.5, 0.6, 0.7)}
+
+
+def shape_for(spacing, extent=64.0):
+    return tuple(int(extent / s) for s in spacing)
+
+
+def test_identical_masks_are_perfect():
+    spacing = GRIDS["anisotropic"]
+    mask = ball(shape_for(spacing), spacing, 12.0)
+    s = scores(mask, mask, spacing)
+    assert s["dice"] == s["jaccard"] == s["surf_dice"] == s["precision"] == s["recall"] == s["fbeta"] == 1.0
+    assert s["hausdorff"] == s["haus95"] == s["avg_surf"] == s["mae"] == s["abs_vol_diff"] == 0.0
+    assert s["conformity"] == 1.0 and s["empty"] == "none"
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_concentric_spheres_give_the_radius_difference(grid):
+    spacing = GRIDS[grid]
+    shape = shape_for(spacing)
+    inner, outer = ball(shape, spacing, 10.0), ball(shape, spacing, 14.0)
+    s = scores(inner, outer, spacing)
+    step = max(spacing)
+    for name in ("hausdorff", "haus95", "avg_surf"):
+        assert s[name] == pytest.approx(4.0, abs=step / 2 + 0.3), name
+    assert s["surf_dice"] == 0.0  # every element is ~4 mm from the other surface
+    assert scores(inner, outer, spacing, tolerance=4.0 - step)["surf_dice"] < 0.2
+    assert scores(inner, outer, spacing, tolerance=4.0 + step)["surf_dice"] == 1.0
+    volume_ratio = (10 / 14) ** 3
+    assert s["dice"] == pytest.approx(2 * volume_ratio / (1 + volume_ratio), abs=0.02)
+    assert s["vol_pred"] == pytest.approx(4 / 3 * math.pi * 14 ** 3 / 1000, rel=0.03)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_concentric_cubes_corners_and_faces(grid):
+    spacing = GRIDS[grid]
+    shape = shape_for(spacing)
+    inner, outer = ball(shape, spacing, 8.0, norm=np.inf), ball(shape, spacing, 12.0, norm=np.inf)
+    comparison = Comparison(inner, outer, spacing)
+    # the gap between the voxelised faces along each axis (4 mm up to the grid's rounding)
+    gaps = np.array([(np.ptp(np.flatnonzero(outer.any(axis=tuple(a for a in range(3) if a != axis))))
+                      - np.ptp(np.flatnonzero(inner.any(axis=tuple(a for a in range(3) if a != axis))))) / 2 * s
+                     for axis, s in enumerate(spacing)])
+    assert np.allclose(gaps, 4.0, atol=max(spacing))
+    # every point of the inner cube's surface lies one gap away from the outer one ...
+    distances = comparison.surfaces.reference_to_prediction
+    assert gaps.min() - 1e-4 <= distances.min() and distances.max() <= gaps.max() + 1e-4
+    # ... while the outer corners lie sqrt(sum of squared gaps) from the inner cube (4 sqrt(3) when isotropic)
+    assert compute(METRICS["hausdorff"], comparison) == pytest.approx(np.linalg.norm(gaps), abs=1e-4)
+
+
+def test_disjoint_cubes():
+    spacing = (1.0, 1.0, 1.0)
+    shape = (20, 20, 60)
+    a = np.zeros(shape, bool)
+    b = np.zeros(shape, bool)
+    a[5:15, 5:15, 5:15] = True
+    b[5:15, 5:15, 35:45] = True
+    s = scores(a, b, spacing)
+    assert s["dice"] == 0.0 and s["surf_dice"] == 0.0 and math.isnan(s["conformity"])
+    assert s["hausdorff"] == pytest.approx(30.0, abs=1.0)  # a face of one to the far face of the other
+
+
+def test_symmetric_metrics_are_symmetric():
+    spacing = GRIDS["anisotropic"]
+    shape = shape_for(spacing)
+    a = ball(shape, spacing, 12.0)
+    b = ball(shape, spacing, 9.0, centre=[33.0, 30.0, 29.0])
+    ab, ba = scores(a, b, spacing), scores(b, a, spacing)
+    for name in ("dice", "jaccard", "hausdorff", "haus95", "avg_surf", "surf_dice", "abs_vol_diff", "mae", "conformity"):
+        assert ab[name] == pytest.approx(ba[name], rel=1e-9), name
+    assert ab["precision"] == pytest.approx(ba["recall"])
+
+
+def test_empty_mask_conventions():
+    spacing = (2.0, 1.0, 1.0)
+    shape = (10, 20, 30)
+    empty, full = np.zeros(shape, bool), np.zeros(shape, bool)
+    full[2:5, 5:10, 5:10] = True
+    both = scores(empty, empty, spacing)
+    assert both["empty"] == "both"
+    assert both["dice"] == both["surf_dice"] == both["precision"] == both["recall"] == both["fbeta"] == 1.0
+    assert both["hausdorff"] == both["haus95"] == both["avg_surf"] == 0.0
+    diagonal = math.sqrt(20 ** 2 + 20 ** 2 + 30 ** 2)
+    for reference, prediction, case in ((full, empty, "prediction"), (empty, full, "reference")):
+        one = scores(reference, prediction, spacing)
+        assert one["empty"] == case
+        assert one["dice"] == one["surf_dice"] == one["fbeta"] == 0.0
+        assert one["hausdorff"] == one["haus95"] == one["avg_surf"] == pytest.approx(diagonal)
+
+
+def test_ife_measures_counted_right_on_large_masks():
+    """The IFE code's uint8 counts wrap at 256 voxels; ours count TP=60000, FP=20000, FN=40000 exactly."""
+    shape = (100, 100, 100)
+    reference, prediction = np.zeros(shape, bool), np.zeros(shape, bool)
+    reference[:10] = True  # 100,000 voxels
+    prediction[4:12] = True  # 80,000 voxels, 60,000 shared
+    s = scores(reference, prediction, (1.0, 1.0, 1.0))
+    precision, recall = 0.75, 0.6
+    assert s["fbeta"] == pytest.approx(1.3 * precision * recall / (0.3 * precision + recall))
+    assert s["conformity"] == pytest.approx(1 - 60000 / 60000)
+    assert s["mae"] == pytest.approx(60000 / 1e6)
+    probabilities = prediction * 0.8
+    assert scores(reference, prediction, (1.0, 1.0, 1.0), probabilities=probabilities)["mae"] == pytest.approx(
+        (60000 * 0.2 + 20000 * 0.8 + 40000 * 1.0) / 1e6)
+
+
+def test_2d_concentric_circles():
+    spacing = (0.5, 0.8)
+    shape = (160, 100)
+    s = scores(ball(shape, spacing, 15.0), ball(shape, spacing, 20.0), spacing)
+    assert s["haus95"] == pytest.approx(5.0, abs=0.6)
+    assert s["avg_surf"] == pytest.approx(5.0, abs=0.6)
+
+
+def write_image(path, array, spacing, direction=None, origin=(0.0, 0.0, 0.0)):
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(tuple(reversed(spacing)))
+    image.SetOrigin(origin)
+    if direction:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def two_label_case(tmp_path, name, spacing=(2.5, 0.6, 0.7), direction=None, shift=0.0):
+    shape = shape_for(spacing)
+    reference = ball(shape, spacing, 14.0).astype(np.uint8) + ball(shape, spacing, 7.0)
+    prediction = ball(shape, spacing, 15.0, centre=[31.5 + shift, 31.5, 31.5]).astype(np.uint8) + ball(shape, spacing, 7.0)
+    return (write_image(tmp_path / f"{name}_ref.nii.gz", reference, spacing, direction),
+            write_image(tmp_path / f"{name}_pred.nii.gz", prediction, spacing, direction))
+
+
+def test_oblique_direction_does_not_change_the_values(tmp_path):
+    plain = evaluate_files(*two_label_case(tmp_path, "plain"))
+    oblique = evaluate_files(*two_label_case(tmp_path, "oblique", direction=OBLIQUE))
+    assert plain.keys() == oblique.keys() and list(plain)[:2] == ["1_dice", "1_jaccard"]
+    for key, value in plain.items():
+        assert oblique[key] == pytest.approx(value) if isinstance(value, float) else oblique[key] == value
+
+
+def test_segment_names_of_seg_nrrd_files_name_the_classes(tmp_path):
+    reference, prediction = two_label_case(tmp_path, "seg")
+    names = {0: "background", 1: "tissue", 2: "core"}
+    files = []
+    for path in (reference, prediction):
+        files.append(write_labels(sitk.ReadImage(str(path)), tmp_path / path.name.replace(".nii.gz", ".seg.nrrd"), names))
+    by_name = evaluate_files(*files)
+    by_value = evaluate_files(reference, prediction)
+    # the seg.nrrd keeps each segment separately: "tissue" is label 1 alone, as in the label map
+    assert by_name["tissue_dice"] == pytest.approx(by_value["1_dice"])
+    assert by_name["core_haus95"] == pytest.approx(by_value["2_haus95"])
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_results_csv_with_summary_rows_and_a_failed_case(tmp_path, capsys):
+    rows = []
+    for index, shift in enumerate([0.0, 1.5, 3.0]):
+        reference, prediction = two_label_case(tmp_path, f"case{index}", shift=shift)
+        rows.append({"id": f"case{index}", "mask": reference.name, "prediction": prediction.name})
+    rows.append({"id": "broken", "mask": "case0_ref.nii.gz", "prediction": "missing.nii.gz"})
+    paths = tmp_path / "paths.csv"
+    with paths.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "mask", "prediction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    config = tmp_path / "classes.json"
+    config.write_text(json.dumps({"classes": {"whole": [1, 2], "core": [2]}, "metrics": ["dice", "haus95"]}))
+    output = tmp_path / "results.csv"
+    code, _, err = run(capsys, "evaluate", "--paths-csv", paths, "--config", config, "-o", output, "--workers", "2")
+    assert code == 0, err
+    assert "case broken failed" in err
+    with output.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["id"] for r in table] == ["case0", "case1", "case2", "broken", "Mean", "Std", "25th Percentile",
+                                        "Median", "75th Percentile"]
+    assert list(table[0])[:3] == ["id", "whole_dice", "whole_haus95"]
+    dice = [float(r["whole_dice"]) for r in table[:3]]
+    assert dice[0] > dice[1] > dice[2]  # a larger shift scores worse
+    assert table[3]["whole_dice"] == "" and "does not exist" in table[3]["error"]
+    assert float(table[4]["whole_dice"]) == pytest.approx(np.mean(dice), abs=1e-5)  # NaN-aware: the failed row is left out
+    assert float(table[7]["whole_dice"]) == pytest.approx(np.median(dice), abs=1e-5)
+    code, _, err = run(capsys, "evaluate", "--paths-csv", paths, "-o", output)
+    assert code == 2 and "--overwrite" in err
+
+
+def test_mismatched_grids_need_resampling(tmp_path, capsys):
+    reference, _ = two_label_case(tmp_path, "a")
+    _, other = two_label_case(tmp_path, "b", spacing=(2.0, 0.8, 0.8))
+    code, _, err = run(capsys, "evaluate", reference, other)
+    assert code == 2 and err.count("\n") == 1 and "different grids" in err and "spacing" in err
+    assert "--resample-to-reference" in err
+    code, out, err = run(capsys, "evaluate", reference, other, "--resample-to-reference", "--json")
+    assert code == 0, err
+    assert json.loads(out)["1_dice"] > 0.85
+
+
+@pytest.mark.parametrize("problem", ["missing", "intensity", "tolerance", "metric", "both-modes"])
+def test_bad_evaluation_inputs(problem, tmp_path, capsys):
+    reference, prediction = two_label_case(tmp_path, "x")
+    intensity = tmp_path / "t1.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 30, (20, 20, 20)).astype(np.int16)), str(intensity))
+    argv = {
+        "missing": [reference, tmp_path / "none.nii.gz"],
+        "intensity": [reference, intensity],
+        "tolerance": [reference, prediction, "--tolerance", "-1"],
+        "metric": [reference, prediction, "--metrics", "dice", "accuracy"],
+        "both-modes": [reference, prediction, "--paths-csv", "x.csv"],
+    }[problem]
+    code, _, err = run(capsys, "evaluate", *argv)
+    assert code == 2 and err.startswith("hyperspace: error:") and err.count("\n") == 1, err
