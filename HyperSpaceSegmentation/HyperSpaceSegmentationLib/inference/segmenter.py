@@ -68,6 +68,12 @@ def available_memory_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 2**20
     try:
+        with open("/proc/meminfo") as handle:  # MemAvailable counts reclaimable caches, unlike "free"
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (ValueError, OSError, AttributeError):
         return None
@@ -135,7 +141,9 @@ class Segmenter:
         else:
             spacing = self._auto_spacing(oriented, native, request)
         if self.model.method == "fs":
-            return SpacingChoice(spacing, ["FS model at a spacing other than its own (FSNR when native)"])
+            note = [] if np.allclose(spacing, self.model.fixed_spacing) else [
+                "FS model at a spacing other than its own (FSNR when native)"]
+            return SpacingChoice(spacing, note)
         notes = []
         clamped = tuple(min(max(s, low), high) for s in spacing)
         if clamped != spacing:
