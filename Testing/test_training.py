@@ -14,7 +14,7 @@ from HyperSpaceSegmentationLib.preprocessing import Normalisation
 from HyperSpaceSegmentationLib.training import TrainConfig, train
 from HyperSpaceSegmentationLib.training.dataset import load_dataset
 from HyperSpaceSegmentationLib.training.sampling import LoadedCase, PatchSampler, SamplingConfig
-from HyperSpaceSegmentationLib.training.trainer import loss_history
+from HyperSpaceSegmentationLib.training.trainer import loss_history, polynomial_schedule
 
 SMALL = dict(patch=16, batch_size=4, features=(4, 8, 8, 16), rank=2, hidden=16, device="cpu")
 
@@ -59,6 +59,17 @@ def test_resume_continues_from_the_checkpoint(dataset_json, tmp_path):
     assert len(history) == 6
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["step"] == 6
+
+
+@pytest.mark.parametrize("first_step", [0, 30])
+def test_polynomial_schedule_counts_each_step_once(first_step):
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    schedule = polynomial_schedule(optimizer, first_step, 100)
+    for step in range(first_step, 80):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - step / 100) ** 0.9)
+        optimizer.step()
+        schedule.step()
 
 
 @pytest.mark.parametrize("method", ["fs", "as"])

@@ -91,8 +91,10 @@ def _fbeta(tp: int, fp: int, fn: int, tn: int) -> float:
 
 
 def _mae(c: Comparison) -> float:
-    prediction = c.probabilities if c.probabilities is not None else c.prediction
-    return float(np.abs(prediction.astype(np.float64) - c.reference.astype(np.float64)).mean())
+    if c.probabilities is None:  # on masks, |prediction - reference| is 1 exactly on FP and FN voxels
+        tp, fp, fn, tn = c.counts
+        return (fp + fn) / c.reference.size
+    return float(np.abs(c.probabilities.astype(np.float64) - c.reference).mean())
 
 
 DIAGONAL = -1.0  # placeholder for "the image diagonal" in the conventions below

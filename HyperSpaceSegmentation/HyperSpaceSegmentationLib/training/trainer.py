@@ -68,6 +68,13 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + 1 - dice[1:].mean()
 
 
+def polynomial_schedule(optimizer: torch.optim.Optimizer, first_step: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate ``lr * (1 - step / total) ** 0.9``, for a run that starts (or resumes) at ``first_step``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: max(1 - (first_step + s) / max(total, 1), 0.0) ** 0.9
+    )
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for one process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -129,9 +136,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
         trainable.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, history = checkpoint["step"], checkpoint["history"]
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: max(1 - (s + step) / max(config.iterations, 1), 0.0) ** 0.9
-    )
+    schedule = polynomial_schedule(optimizer, step, config.iterations)
     wrapped = torch.nn.parallel.DistributedDataParallel(
         network, device_ids=[local_rank] if device.type == "cuda" else None
     ) if world > 1 else network
