@@ -106,7 +106,7 @@ class HyperSpaceSegmentationLogic(ScriptedLoadableModuleLogic):
                        "segment", inputPath, "-o", outputPath, "--spacing", *spacing]
             if model:
                 command += ["--model", model]
-            self._process = slicer.util.launchConsoleProcess(command, cwd=MODULE_DIR)
+            self._process = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False, cwd=MODULE_DIR)
             stages = 5
             for line in self._process.stdout:
                 log(line.rstrip())

@@ -104,7 +104,7 @@ class Segmenter:
         self.overlap = overlap
         self.cache_size = cache_size
         self._networks: OrderedDict[tuple[float, ...], nn.Module] = OrderedDict()
-        self._throughput: dict[tuple[float, ...], float] = {}
+        self._throughput: dict[tuple[int, ...], float] = {}
 
     # networks -------------------------------------------------------------------------------------
     def network_for(self, spacing_zyx: Sequence[float]) -> nn.Module:
