@@ -216,3 +216,9 @@ def test_demo_segments_the_sample_at_two_spacings_sensibly(tmp_path, capsys):
         # tissue where the brain is, background outside it
         overlap = 2 * (labelled & brain).sum() / (labelled.sum() + brain.sum())
         assert overlap > 0.9, (name, overlap)
+
+
+def test_bad_patch_size(image_file, tmp_path, capsys, tiny_model_file):
+    code, _, err = run(capsys, "segment", image_file, "-o", tmp_path / "o.nrrd", "--model", tiny_model_file,
+                       "--patch", "20")
+    assert_one_line_error(code, err, "--patch 20", "multiple of 8")

@@ -1,0 +1,69 @@
+"""The embedded model on the real MNI152 T1 template: a sensible tissue map at native, coarse and auto spacings."""
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL
+from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
+from HyperSpaceSegmentationLib.io.model_file import load_model
+from HyperSpaceSegmentationLib.progress import Reporter
+
+NILEARN = importlib.util.find_spec("nilearn")
+pytestmark = pytest.mark.skipif(NILEARN is None or not DEFAULT_MODEL.exists(),
+                                reason="needs nilearn's MNI152 files (pip install --no-deps nilearn) and the model")
+
+
+def template(name: str) -> sitk.Image:
+    folder = Path(NILEARN.origin).parent / "datasets" / "data"
+    return sitk.ReadImage(str(folder / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def t1_and_tissue():
+    t1 = template("t1")
+    gm = sitk.GetArrayFromImage(template("gm")).astype(np.float32) / 255
+    wm = sitk.GetArrayFromImage(template("wm")).astype(np.float32) / 255
+    tissue = np.argmax(np.stack([1 - gm - wm, gm, wm]), axis=0) + 1
+    return t1, np.where(sitk.GetArrayFromImage(t1) > 0, tissue, 0)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter(load_model(DEFAULT_MODEL), device="cpu")
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_tissue_maps_at_native_coarse_and_auto_spacings(t1_and_tissue, segmenter):
+    t1, tissue = t1_and_tissue
+    # a 1.5 mm version of the template, as a scan at its own native spacing
+    grid = sitk.Image([round(n / 1.5) for n in t1.GetSize()], sitk.sitkUInt8)
+    grid.SetSpacing((1.5, 1.5, 1.5))
+    grid.SetDirection(t1.GetDirection())
+    grid.SetOrigin(t1.TransformContinuousIndexToPhysicalPoint((0.25, 0.25, 0.25)))
+    scan = sitk.Resample(t1, grid, sitk.Transform(), sitk.sitkLinear)
+    truth_image = sitk.GetImageFromArray(tissue.astype(np.uint8))
+    truth_image.CopyInformation(t1)
+    truth = sitk.GetArrayFromImage(sitk.Resample(truth_image, grid, sitk.Transform(), sitk.sitkNearestNeighbor))
+    seconds = {}
+    for request in (SpacingRequest("native"), SpacingRequest("explicit", (3.0,)), SpacingRequest("auto", max_voxels=600_000)):
+        spacing = segmenter.choose_spacing(scan, request).spacing
+        start = time.perf_counter()
+        labels = segmenter.segment(scan, spacing, Reporter(3, quiet=True))
+        seconds[request.mode] = time.perf_counter() - start
+        assert labels.GetSize() == scan.GetSize() and labels.GetSpacing() == scan.GetSpacing()
+        assert labels.GetOrigin() == scan.GetOrigin() and labels.GetDirection() == scan.GetDirection()
+        result = sitk.GetArrayFromImage(labels)
+        scores = [dice(result == value, truth == value) for value in (1, 2, 3)]
+        floor = 0.8 if request.mode == "native" else 0.7
+        assert min(scores) > floor, (request.mode, spacing, scores)
+        if request.mode == "auto":
+            assert 1.5 < spacing[0] < 3.5
+    assert seconds["native"] > 2.5 * seconds["explicit"]  # 3 mm is several times faster than 1.5 mm
