@@ -144,8 +144,8 @@ def run_segment(args: argparse.Namespace) -> int:
     check_output_path(args.output, args.overwrite)
     reporter = Reporter(stages=5, quiet=args.quiet)
     with reporter.stage("load model and image"):
-        model = _load(args.model)
         image = read_image(args.input)
+        model = _load(args.model)
         check_image(image, str(args.input), model.dim)
         request = parse_spacing(args.spacing)
         if args.max_voxels is not None or args.max_seconds is not None:
