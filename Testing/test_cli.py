@@ -222,3 +222,35 @@ def test_bad_patch_size(image_file, tmp_path, capsys, tiny_model_file):
     code, _, err = run(capsys, "segment", image_file, "-o", tmp_path / "o.nrrd", "--model", tiny_model_file,
                        "--patch", "20")
     assert_one_line_error(code, err, "--patch 20", "multiple of 8")
+
+
+def write_dicom_series(image: sitk.Image, folder: Path) -> None:
+    """Write a 3D image as a DICOM series (one file per slice, with position, orientation and spacing)."""
+    folder.mkdir()
+    image = sitk.Cast(image, sitk.sitkInt16)
+    direction = image.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for index in range(image.GetDepth()):
+        slice_ = image[:, :, index]
+        for tag, value in {
+            "0008|0060": "MR", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": "1.2.826.0.1.3680043.2.1125.2",
+            "0020|0037": orientation, "0020|0013": str(index),
+            "0020|0032": "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, index)))),
+            "0018|0050": str(image.GetSpacing()[2]), "0028|0030": f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}",
+        }.items():
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{index:03d}.dcm"))
+        writer.Execute(slice_)
+
+
+def test_dicom_series_folder_is_segmented_on_its_grid(tmp_path, capsys, tiny_model_file):
+    image, _ = phantom(size=(32, 28, 12), spacing=(0.8, 0.8, 2.0), origin=(10.0, -20.0, 5.0))
+    write_dicom_series(image, tmp_path / "series")
+    output = tmp_path / "series-seg.nii.gz"
+    code, _, err = run(capsys, "segment", tmp_path / "series", "-o", output, "--model", tiny_model_file)
+    assert code == 0, err
+    result = sitk.ReadImage(str(output))
+    assert result.GetSize() == (32, 28, 12)
+    assert np.allclose(result.GetSpacing(), (0.8, 0.8, 2.0)) and np.allclose(result.GetOrigin(), (10.0, -20.0, 5.0))
