@@ -117,6 +117,9 @@ def atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
         raise UserError(f"folder {path.parent} does not exist: create it first")
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=extension(path) or ".tmp")
     os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # the permissions of an ordinary new file, not mkstemp's 0600
     try:
         yield Path(temporary)
         os.replace(temporary, path)
