@@ -34,11 +34,14 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
 
 
 def patch_size_for(shape: Sequence[int], patch: Sequence[int], divisor: int) -> tuple[int, ...]:
-    """The window size: ``patch``, shrunk on axes where the image is smaller, in multiples of ``divisor``.
+    """The window size on each axis, in multiples of ``divisor``.
 
-    It is at least ``2 * divisor`` so that the deepest level keeps more than one voxel to normalise.
+    An axis up to ``1.25 * patch`` long is covered by one window (cheaper than two overlapping ones); a
+    longer one uses ``patch``. It is at least ``2 * divisor`` so that the deepest level keeps more than one
+    voxel to normalise.
     """
-    return tuple(min(p, max(math.ceil(s / divisor), 2) * divisor) for s, p in zip(shape, patch))
+    whole = [max(math.ceil(s / divisor), 2) * divisor for s in shape]
+    return tuple(w if s <= 1.25 * p else p for s, p, w in zip(shape, patch, whole))
 
 
 def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
