@@ -246,3 +246,27 @@ def test_bad_evaluation_inputs(problem, tmp_path, capsys):
     }[problem]
     code, _, err = run(capsys, "evaluate", *argv)
     assert code == 2 and err.startswith("hyperspace: error:") and err.count("\n") == 1, err
+
+
+def test_overlapping_segments_of_a_layered_seg_nrrd(tmp_path):
+    import slicerio
+
+    spacing = (2.0, 1.0, 1.0)  # array order; slicerio's voxels are (i, j, k)
+    shape = (20, 30, 30)
+    outer, inner = ball(shape, spacing, 12.0), ball(shape, spacing, 5.0)
+    matrix = np.diag([1.0, 1.0, 2.0, 1.0])
+    matrix[:3, 3] = (4.0, -3.0, 7.0)
+    files = []
+    for name, shrink in (("ref", 0.0), ("pred", 1.0)):
+        segmentation = slicerio.create_segmentation(shape[::-1], matrix)
+        slicerio.add_segment(segmentation, ball(shape, spacing, 12.0 - shrink).transpose(2, 1, 0), {"name": "organ"})
+        slicerio.add_segment(segmentation, inner.transpose(2, 1, 0), {"name": "lesion"})  # overlaps: a second layer
+        assert segmentation["voxels"].ndim == 4
+        files.append(tmp_path / f"{name}.seg.nrrd")
+        slicerio.write_segmentation(str(files[-1]), segmentation)
+    row = evaluate_files(*files, metrics=["dice", "vol_ref", "haus95"])
+    assert set(row) == {"organ_dice", "organ_vol_ref", "organ_haus95", "organ_empty",
+                        "lesion_dice", "lesion_vol_ref", "lesion_haus95", "lesion_empty"}
+    assert row["lesion_dice"] == 1.0 and row["lesion_haus95"] == 0.0
+    assert row["organ_vol_ref"] == pytest.approx(outer.sum() * 2.0 / 1000)  # the lesion does not hide organ voxels
+    assert 0.8 < row["organ_dice"] < 1.0 and row["organ_haus95"] == pytest.approx(1.0, abs=1.0)  # 1 mm, 2 mm slices

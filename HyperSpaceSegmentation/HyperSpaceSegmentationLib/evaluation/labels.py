@@ -74,25 +74,29 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
 
 
 def _read_seg_nrrd(path: Path) -> Segmentation:
+    """Each segment as its own mask (overlapping layers included), on the grid given by the file's ijkToLPS."""
     import slicerio
 
-    image = read_image(path)  # checks that it exists and reads the grid
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: check the path")
     try:
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as error:  # slicerio raises several types for malformed headers
         raise UserError(f"{path} is not a readable Slicer segmentation ({error}): check the file") from None
-    shape = sitk.GetArrayViewFromImage(image).shape
-    values = np.zeros(shape[-3:] if len(shape) > 3 else shape, dtype=np.int64)
+    shape = segmentation["voxels"].shape[-3:]  # (i, j, k); a layered file has the layer axis first
+    values = np.zeros(shape[::-1], dtype=np.int64)
     segments, names = {}, {}
     for segment in segmentation["segments"]:
         mask = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)
         segments[segment["name"]] = mask
         values[mask] = int(segment["labelValue"])
         names[int(segment["labelValue"])] = segment["name"]
+    matrix = np.asarray(segmentation["ijkToLPS"], dtype=float)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     grid = sitk.GetImageFromArray(values.astype(np.uint16))
-    grid.SetSpacing(image.GetSpacing()[:3])
-    grid.SetOrigin(image.GetOrigin()[:3])
-    grid.SetDirection(np.array(image.GetDirection()).reshape(image.GetDimension(), -1)[:3, :3].ravel().tolist())
+    grid.SetSpacing(spacing.tolist())
+    grid.SetOrigin(matrix[:3, 3].tolist())
+    grid.SetDirection((matrix[:3, :3] / spacing).ravel().tolist())
     return Segmentation(grid, values, segments, value_names=names)
 
 
