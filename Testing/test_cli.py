@@ -66,6 +66,9 @@ BAD_IMAGES = {
     "nan-spacing": (lambda t: header_with_spacing(t, "nan"), ["spacing"]),
     "absurd-spacing": (lambda t: header_with_spacing(t, "5000"), ["spacing"]),
     "empty-folder": (lambda t: (t / "empty").mkdir() or t / "empty", ["dicom"]),
+    "empty-image": (lambda t: (t / "empty.mha").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 0 8 8\nElementSpacing = 1 1 1\nElementType = MET_FLOAT\n"
+        "ElementDataFile = LOCAL\n") and t / "empty.mha", ["empty"]),
 }
 
 
