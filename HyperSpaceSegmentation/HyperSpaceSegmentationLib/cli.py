@@ -159,7 +159,7 @@ def run_segment(args: argparse.Namespace) -> int:
     for note in choice.notes:
         reporter.log(f"note: {note}")
     reporter.log(f"working spacing: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm "
-                 f"(estimated peak memory {memory:,.0f} MB)")
+                 f"(estimated memory need {memory:,.0f} MB)")
     labels = segmenter.segment(image, choice.spacing, reporter)
     with reporter.stage("write"):
         write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)

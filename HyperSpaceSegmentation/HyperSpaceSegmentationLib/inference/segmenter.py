@@ -184,13 +184,18 @@ class Segmenter:
         return shape, patch_size_for(shape, self.patch, self.model.unet_config.divisor)
 
     def estimate_memory_mb(self, image: sitk.Image, spacing: Sequence[float]) -> float:
-        """Peak memory (MB) of segmenting ``image`` at ``spacing``: volumes, accumulators and activations."""
+        """Memory (MB) that segmenting ``image`` at ``spacing`` adds: volumes, accumulators and activations.
+
+        The activation term (8 feature maps' worth per level, convolution workspace included) was fitted on
+        the MNI152 template at 1-3.5 mm (see docs/BENCHMARKS.md): within 10% at 1-2 mm, up to 30% low at coarser
+        spacings, where fixed costs dominate and the need is small anyway.
+        """
         shape, patch = self._network_shape(image, spacing)
         classes = len(self.model.labels)
         working = math.prod(max(s, p) for s, p in zip(shape, patch))
         source = math.prod(image.GetSize())
         features = self.model.unet_config.features
-        activations = sum(f * 6 * math.prod(patch) / (2 ** (self.model.dim * level)) for level, f in enumerate(features))
+        activations = sum(f * 8 * math.prod(patch) / (2 ** (self.model.dim * level)) for level, f in enumerate(features))
         total = 4 * (working * (classes + 3) + source * 3 + activations)
         return total / 2**20
 
