@@ -66,3 +66,21 @@ def test_labels_survive_working_spacing_and_back(grid):
 def test_nearest_neighbour_label_resampling_is_exact_on_the_same_grid():
     _, labels = phantom(**GRIDS["oblique-anisotropic"])
     assert np.array_equal(sitk.GetArrayFromImage(resample_labels(labels, labels)), sitk.GetArrayFromImage(labels))
+
+
+def test_fs_model_works_at_its_own_spacing_and_as_fsnr_at_the_native_one():
+    image, _ = phantom(**GRIDS["oblique-anisotropic"])
+    segmenter = Segmenter(tiny_model("fs"), device="cpu", patch=32)
+    default = segmenter.choose_spacing(image, SpacingRequest())
+    assert default.spacing == (1.5, 1.5, 1.5)
+    native = segmenter.choose_spacing(image, SpacingRequest("native"))
+    assert np.allclose(native.spacing, (0.7, 0.8, 3.0)) and "FSNR" in native.notes[0]
+    labels = segmenter.segment(image, native.spacing, Reporter(3, quiet=True))
+    assert same_grid(labels, image, tolerance=0)
+
+
+def test_hyperspace_networks_are_cached_per_rounded_spacing():
+    segmenter = Segmenter(tiny_model(), device="cpu")
+    first = segmenter.network_for((1.001, 2.0, 2.0))
+    assert segmenter.network_for((1.0, 2.0, 2.0)) is first
+    assert segmenter.network_for((1.5, 2.0, 2.0)) is not first
