@@ -254,7 +254,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import DEFAULT_METRICS, evaluate_batch, evaluate_files, write_results_csv
     from .evaluation.evaluate import check_metrics, read_paths_csv
     from .evaluation.labels import classes_from_labels, load_config
-    from .io.images import check_output_path
     from .progress import Reporter
 
     if bool(args.paths_csv) == bool(args.reference and args.prediction):

@@ -54,7 +54,7 @@ class _PeakSampler:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, resident_memory_mb())
 
-    def __enter__(self) -> "_PeakSampler":
+    def __enter__(self) -> _PeakSampler:
         self._thread.start()
         return self
 

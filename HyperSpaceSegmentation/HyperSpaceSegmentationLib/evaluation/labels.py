@@ -31,7 +31,7 @@ class Segmentation:
     probabilities: np.ndarray | None = None  # a floating-point prediction in [0, 1]
     value_names: dict[int, str] = field(default_factory=dict)  # label value -> segment name (.seg.nrrd)
 
-    def mask(self, spec: "ClassSpec") -> np.ndarray:
+    def mask(self, spec: ClassSpec) -> np.ndarray:
         if spec.segment is not None:
             if spec.segment not in self.segments:
                 raise UserError(f"no segment named {spec.segment!r} (segments: {', '.join(self.segments) or 'none'}): "
