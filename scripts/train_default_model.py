@@ -25,6 +25,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
 
+from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
 from HyperSpaceSegmentationLib.progress import Reporter  # noqa: E402
@@ -84,11 +85,6 @@ def prepare(work: Path) -> Path:
     return path
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
-
-
 def validate(model_path: Path, work: Path) -> list[dict]:
     """Dice per class inside the held-out band, with the result on the 1 mm grid, at several spacings."""
     t1, labels = sitk.ReadImage(str(work / "data" / "full_t1.nii.gz")), sitk.ReadImage(str(work / "data" / "full_labels.nii.gz"))
@@ -105,7 +101,8 @@ def validate(model_path: Path, work: Path) -> list[dict]:
         row = {"spacing": "x".join(f"{s:g}" for s in spacing), "seconds": round(seconds, 2)}
         for value, name in LABELS.items():
             if value != "0":
-                row[name] = round(dice(predicted == int(value), reference == int(value)), 4)
+                comparison = Comparison(reference == int(value), predicted == int(value), (1.0, 1.0, 1.0))
+                row[name] = round(compute(METRICS["dice"], comparison), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

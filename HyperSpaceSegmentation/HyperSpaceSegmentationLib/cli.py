@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
@@ -254,6 +253,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import DEFAULT_METRICS, evaluate_batch, evaluate_files, write_results_csv
     from .evaluation.evaluate import check_metrics, read_paths_csv
     from .evaluation.labels import classes_from_labels, load_config
+    from .io.images import check_writable
     from .progress import Reporter
 
     if bool(args.paths_csv) == bool(args.reference and args.prediction):
@@ -268,8 +268,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         if not args.output.lower().endswith(".csv"):
             raise UserError(f"{args.output}: results are written as CSV; give a name ending in .csv")
-        if os.path.exists(args.output) and not args.overwrite:
-            raise UserError(f"{args.output} exists: pass --overwrite to replace it, or choose another output name")
+        check_writable(args.output, args.overwrite)
     if args.paths_csv:
         cases = read_paths_csv(args.paths_csv)
         reporter = Reporter(stages=1, quiet=args.json)

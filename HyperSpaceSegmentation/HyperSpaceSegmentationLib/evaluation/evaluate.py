@@ -8,6 +8,7 @@ reason in ``error``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -111,16 +112,10 @@ def evaluate_batch(
 ) -> list[dict[str, float | str]]:
     """Score every case (in ``workers`` processes); a failing case keeps its row with an ``error``."""
     jobs = [(case, classes, metrics, tolerance, resample) for case in cases]
-    if workers <= 1:
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers)) if workers > 1 else None
         results = []
-        for job in jobs:
-            results.append(_evaluate_row(job))
-            if update:
-                update(1)
-        return results
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = []
-        for result in pool.map(_evaluate_row, jobs):
+        for result in (pool.map if pool else map)(_evaluate_row, jobs):
             results.append(result)
             if update:
                 update(1)

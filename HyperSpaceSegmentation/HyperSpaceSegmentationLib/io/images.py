@@ -105,16 +105,22 @@ def check_image(image: sitk.Image, name: str, dim: int | None = None) -> None:
         raise UserError(f"{name} is constant (every voxel is {finite_values.flat[0]}): there is nothing to segment")
 
 
+def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
+    """Fail early, before any work, if ``path`` exists (without ``overwrite``), is a folder, or has no folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a file name for the output")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} exists: pass --overwrite to replace it, or choose another output name")
+    if not path.parent.exists():
+        raise UserError(f"folder {path.parent} does not exist: create it first")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} exists: pass --overwrite to replace it, or choose another output name")
-    if path.exists() and path.is_dir():
-        raise UserError(f"{path} is a folder: give a file name for the output")
-    if not path.parent.exists():
-        raise UserError(f"folder {path.parent} does not exist: create it first")
+    check_writable(path, overwrite)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=extension(path) or ".tmp")
     os.close(handle)
     umask = os.umask(0)
@@ -133,10 +139,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> None:
     path = Path(path)
     if extension(path) not in IMAGE_EXTENSIONS or extension(path) in (".dcm", ".png", ".tif", ".tiff"):
         raise UserError(f"{path.name}: unsupported output format; use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha")
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} exists: pass --overwrite to replace it, or choose another output name")
-    if not path.parent.exists():
-        raise UserError(f"folder {path.parent} does not exist: create it first")
+    check_writable(path, overwrite)
 
 
 def write_labels(

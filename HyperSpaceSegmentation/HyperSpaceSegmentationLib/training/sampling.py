@@ -48,10 +48,10 @@ class LoadedCase:
         lookup = np.zeros(max(int(label_array.max()), max(label_values)) + 1, dtype=np.uint8)
         for index, value in enumerate(label_values):
             lookup[value] = index
-        self.labels = sitk.GetImageFromArray(lookup[label_array])
+        classes = lookup[label_array]
+        self.labels = sitk.GetImageFromArray(classes)
         self.labels.CopyInformation(image)
         rng = np.random.default_rng(0)
-        classes = lookup[label_array]
         self.foreground = []
         for index in range(1, len(label_values)):
             voxels = np.argwhere(classes == index)
