@@ -26,6 +26,16 @@ class Normalisation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def outside_value(self) -> float:
+        """The normalised intensity of what lies outside a scan: air for CT (the clip window's low end), 0 for MR.
+
+        Training patches and inference windows that reach beyond the image are padded with it.
+        """
+        if self.modality == "ct":
+            return (self.clip_low - self.mean) / max(self.std, 1e-6)
+        return 0.0
+
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Normalised float32 copy of ``array``; NaN voxels become 0."""
         values = np.nan_to_num(array.astype(np.float32, copy=True), nan=0.0, posinf=0.0, neginf=0.0)

@@ -9,8 +9,6 @@ memory when CUDA is used).
 from __future__ import annotations
 
 import contextlib
-import os
-import resource
 import sys
 import threading
 import time
@@ -19,6 +17,8 @@ from typing import Callable, Iterator, TextIO
 
 import torch
 from tqdm import tqdm
+
+from .system import resident_memory_mb
 
 Update = Callable[[int], None]
 
@@ -29,16 +29,6 @@ class StageRecord:
     seconds: float
     peak_memory_mb: float
     peak_gpu_memory_mb: float | None = None
-
-
-def resident_memory_mb() -> float:
-    """Current resident memory of this process (peak so far where the current value is unavailable)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, AttributeError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 class _PeakSampler:

@@ -9,7 +9,6 @@ gives the labels. Spacings handed to networks are in array-axis order (k, j, i),
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from ..io.images import check_spacing
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet
 from ..progress import Reporter
+from ..system import available_memory_mb, resolve_device
 from .sliding_window import count_windows, patch_size_for, predict_probabilities
 
 DEFAULT_PATCH = {3: 128, 2: 512}
@@ -61,33 +61,6 @@ def parse_spacing(words: Sequence[str] | None) -> SpacingRequest:
 class SpacingChoice:
     spacing: tuple[float, ...]  # x, y, z order (as SimpleITK)
     notes: list[str] = field(default_factory=list)
-
-
-def available_memory_mb(device: torch.device) -> float | None:
-    """Memory the run may still use on ``device``; ``None`` where it cannot be read."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] / 2**20
-    try:
-        with open("/proc/meminfo") as handle:  # MemAvailable counts reclaimable caches, unlike "free"
-            fields = dict(line.split(":", 1) for line in handle)
-        return int(fields["MemAvailable"].split()[0]) / 1024
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device(name)
 
 
 class Segmenter:
@@ -222,7 +195,7 @@ class Segmenter:
         """The estimated need (MB); a ``UserError`` with a coarser spacing to try if it exceeds what is free."""
         need = self.estimate_memory_mb(image, spacing)
         free = available_memory_mb(self.device)
-        if free is not None and need > 0.9 * free:
+        if need > 0.9 * free:
             factor = (need / (0.5 * free)) ** (1 / image.GetDimension())
             suggestion = ", ".join(f"{s * factor:.2f}" for s in spacing)
             raise UserError(

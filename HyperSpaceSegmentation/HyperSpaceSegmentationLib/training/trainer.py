@@ -26,6 +26,7 @@ from ..io.images import atomic_output, read_image
 from ..io.model_file import SegmentationModel, build_network, save_model
 from ..networks import HyperConfig, HyperSpaceNet, UNetConfig
 from ..preprocessing import fit_normalisation
+from ..system import resolve_device
 from .dataset import load_dataset
 from .sampling import LoadedCase, PatchSampler, PatchStream, SamplingConfig
 
@@ -83,16 +84,6 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
     """Train a model as ``config`` says and write ``output/model.pt``; returns its path."""
     output = Path(config.output)
@@ -107,7 +98,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
         config = TrainConfig(**{**checkpoint["config"], "iterations": config.iterations, "output": config.output})
     if config.method == "fs" and config.fixed_spacing is None:
         raise UserError("--method fs needs --fixed-spacing MM (the one spacing it trains and segments at)")
-    device = _device(config.device, local_rank)
+    device = resolve_device(config.device, local_rank)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cpu":
