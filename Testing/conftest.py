@@ -70,3 +70,54 @@ def tiny_model(method: str = "hyperspace", dim: int = 3, seed: int = 0) -> Segme
 @pytest.fixture
 def tiny_model_file(tmp_path: Path) -> Path:
     return save_model(tiny_model(), tmp_path / "tiny.pt")
+
+
+class IntensityOracle(torch.nn.Module):
+    """A 'network' whose logits are a known function of the input: the nearest of ``levels`` (raw intensities) wins.
+
+    Used with an identity CT normalisation, so the class of each working voxel is known from the image alone.
+    """
+
+    def __init__(self, levels: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("levels", torch.tensor(levels, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return -((x - self.levels.view(shape)) ** 2) / 100.0
+
+
+def oracle_model(label_values=(0, 3, 7), levels=(0.0, -100.0, 100.0), dim: int = 3) -> SegmentationModel:
+    """A plain-network model whose class ``label_values[c]`` is the voxels nearest to intensity ``levels[c]``."""
+    identity = Normalisation("ct", clip_low=-1e6, clip_high=1e6, mean=0.0, std=1.0)
+    network = IntensityOracle(levels)
+    network.config = UNetConfig(dim=dim, num_classes=len(levels), features=(4, 8, 8, 16))
+    names = {v: f"class {v}" for v in label_values}
+    return SegmentationModel("as", network.eval(), names, (0.5, 5.0), identity)
+
+
+def asymmetric_phantom(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None):
+    """(image, labels) with no symmetry: an off-centre box (label 3, intensity -100) and an off-centre ball (label 7,
+    intensity 100) on 0, placed by voxel index so that any flip, axis swap or shift moves them. Partial volumes of
+    either object with the background never look like the other object (for ``oracle_model``)."""
+    shape = size[::-1]
+    k, j, i = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    labels = np.zeros(shape, np.uint8)
+    box = (i >= 0.1 * size[0]) & (i < 0.45 * size[0]) & (j >= 0.2 * size[1]) & (j < 0.45 * size[1]) \
+        & (k >= 0.25 * size[2]) & (k < 0.8 * size[2])
+    labels[box] = 3
+    centre = np.array([0.7, 0.6, 0.4]) * np.array(size)
+    radius = 0.22 * min(n * s for n, s in zip(size, spacing))
+    distance = np.sqrt(((i - centre[0]) * spacing[0]) ** 2 + ((j - centre[1]) * spacing[1]) ** 2
+                       + ((k - centre[2]) * spacing[2]) ** 2)
+    labels[distance < radius] = 7
+    intensity = np.choose(np.searchsorted([0, 3, 7], labels), [0.0, -100.0, 100.0]).astype(np.float32)
+    images = []
+    for array in (intensity, labels):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        if direction is not None:
+            image.SetDirection(direction)
+        images.append(image)
+    return images[0], images[1]

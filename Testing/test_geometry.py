@@ -9,7 +9,7 @@ from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
 from HyperSpaceSegmentationLib.inference.segmenter import probabilities_to_labels
 from HyperSpaceSegmentationLib.progress import Reporter
 
-from conftest import OBLIQUE, phantom, tiny_model
+from conftest import OBLIQUE, asymmetric_phantom, oracle_model, phantom, tiny_model
 
 GRIDS = {
     "identity": dict(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0)),
@@ -84,3 +84,52 @@ def test_hyperspace_networks_are_cached_per_rounded_spacing():
     first = segmenter.network_for((1.001, 2.0, 2.0))
     assert segmenter.network_for((1.0, 2.0, 2.0)) is first
     assert segmenter.network_for((1.5, 2.0, 2.0)) is not first
+
+
+# --- an oracle network through the whole pipeline: flips, swapped axes and shifts must show -----------------------
+
+def _centroid_mm(labels: sitk.Image, value: int) -> np.ndarray:
+    """The physical centre of mass (LPS mm) of the voxels labelled ``value``."""
+    indices = np.argwhere(sitk.GetArrayViewFromImage(labels) == value)[:, ::-1].astype(float)
+    matrix = np.array(labels.GetDirection()).reshape(3, 3) * np.array(labels.GetSpacing())
+    return np.array(labels.GetOrigin()) + matrix @ indices.mean(axis=0)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_oracle_labels_are_exact_at_native_spacing(grid):
+    image, truth = asymmetric_phantom(**GRIDS[grid])
+    segmenter = Segmenter(oracle_model(), device="cpu", patch=32)
+    labels = segmenter.segment(image, segmenter.choose_spacing(image, SpacingRequest("native")).spacing,
+                               Reporter(3, quiet=True))
+    assert same_grid(labels, image, tolerance=0)
+    assert np.array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(truth))
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("spacing", [(2.5, 2.5, 2.5), (1.0, 1.6, 3.5)])
+def test_oracle_labels_land_in_place_at_coarse_spacings(grid, spacing):
+    image, truth = asymmetric_phantom(**GRIDS[grid])
+    segmenter = Segmenter(oracle_model(), device="cpu", patch=32)
+    labels = segmenter.segment(image, spacing, Reporter(3, quiet=True))
+    assert same_grid(labels, image, tolerance=0)
+    result, reference = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(truth)
+    for value, floor in ((3, 0.84), (7, 0.9)):
+        a, b = result == value, reference == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > floor, value
+    # the ball's centre of mass stays within 0.45 mm; half a working voxel is 0.5-1.75 mm
+    assert np.linalg.norm(_centroid_mm(labels, 7) - _centroid_mm(truth, 7)) < 0.45
+
+
+def test_hypernetwork_gets_the_spacing_in_array_axis_order():
+    """Training hands the hypernetwork (k, j, i) spacings; inference must too, after reorientation to LPS."""
+    model = tiny_model()
+    seen = []
+    generate = model.network.static_unet
+    model.network.static_unet = lambda spacing: seen.append(tuple(spacing)) or generate(spacing)
+    # axes permuted: the image's first axis runs S-I, so LPS x, y, z spacings are 0.9, 1.6, 1.2
+    image, _ = phantom(size=(20, 24, 16), spacing=(1.2, 0.9, 1.6), direction=(0, 1, 0, 0, 0, 1, 1, 0, 0))
+    segmenter = Segmenter(model, device="cpu", patch=32)
+    choice = segmenter.choose_spacing(image, SpacingRequest("native"))
+    assert choice.spacing == pytest.approx((0.9, 1.6, 1.2))
+    segmenter.segment(image, choice.spacing, Reporter(3, quiet=True))
+    assert seen == [pytest.approx((1.2, 1.6, 0.9), abs=0.01)]

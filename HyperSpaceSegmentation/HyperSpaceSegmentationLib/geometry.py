@@ -19,12 +19,21 @@ def canonical(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS") if image.GetDimension() == 3 else image
 
 
+# voxel counts within this fraction of a voxel of a half are rounded up: header rounding noise (1e-9 mm and far
+# beyond) never flips the working grid, and an exact half always rounds the same way
+_HALF_TOLERANCE = 1e-6
+
+
+def grid_size(extent_mm: Sequence[float], spacing: Sequence[float]) -> tuple[int, ...]:
+    """Voxels per axis that cover ``extent_mm`` at ``spacing``: nearest count, halves up, at least one."""
+    return tuple(max(math.floor(e / s + 0.5 + _HALF_TOLERANCE), 1) for e, s in zip(extent_mm, spacing))
+
+
 def working_grid(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
     """An empty image (one byte per voxel) on the working grid of ``image`` at ``spacing`` mm."""
     old_spacing = np.array(image.GetSpacing())
-    new_spacing = np.array(spacing, dtype=float)
     extent = np.array(image.GetSize()) * old_spacing
-    size = np.maximum(np.round(extent / new_spacing), 1).astype(int)
+    size = np.array(grid_size(extent, spacing))
     new_spacing = extent / size  # keep the physical extent exactly
     direction = np.array(image.GetDirection()).reshape(image.GetDimension(), -1)
     # the centre of voxel 0 moves so that the outer edge of the grid stays where it was
@@ -54,13 +63,18 @@ def smooth(image: sitk.Image, sigmas_mm: Sequence[float]) -> sitk.Image:
     return smoother.Execute(sitk.Cast(image, sitk.sitkFloat32))
 
 
-def resample_to_spacing(image: sitk.Image, spacing: Sequence[float], antialias: bool = True) -> sitk.Image:
-    """Linear resampling of an intensity image onto its working grid at ``spacing`` mm (float32)."""
+def resample_to_spacing(
+    image: sitk.Image, spacing: Sequence[float], antialias: bool = True, outside: float = 0.0,
+) -> sitk.Image:
+    """Linear resampling of an intensity image onto its working grid at ``spacing`` mm (float32).
+
+    ``outside`` is the value of working voxels whose centre falls beyond the image's outermost voxel centres.
+    """
     grid = working_grid(image, spacing)
     source = smooth(image, antialias_sigmas(image.GetSpacing(), grid.GetSpacing())) if antialias else image
     if grid.GetSize() == image.GetSize() and np.allclose(grid.GetSpacing(), image.GetSpacing()):
         return sitk.Cast(source, sitk.sitkFloat32)
-    return sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32)
 
 
 def resample_labels(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
@@ -97,4 +111,4 @@ def physical_size(image: sitk.Image) -> tuple[float, ...]:
 
 def voxels_at(image: sitk.Image, spacing: Sequence[float]) -> int:
     """Number of voxels of the working grid of ``image`` at ``spacing``."""
-    return math.prod(max(round(e / s), 1) for e, s in zip(physical_size(image), spacing))
+    return math.prod(grid_size(physical_size(image), spacing))

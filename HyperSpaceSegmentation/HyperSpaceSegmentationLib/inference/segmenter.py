@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..geometry import canonical, physical_size, resample_to_spacing, voxels_at
+from ..geometry import canonical, grid_size, physical_size, resample_to_spacing, voxels_at
 from ..io.images import check_spacing
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet
@@ -30,6 +30,8 @@ from .sliding_window import count_windows, patch_size_for, predict_probabilities
 
 DEFAULT_PATCH = {3: 128, 2: 512}
 DEFAULT_MAX_VOXELS = 4_000_000
+_REFERENCE_WINDOW = {3: 64, 2: 256}  # timed once for --max-seconds; smaller windows cost more per voxel (conservative)
+_EXTRAPOLATION_REACH = 4.0  # with --allow-extrapolation, auto may go this far beyond the coarsest trained spacing
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,15 @@ class SpacingRequest:
 
     mode: str = "model"
     values: tuple[float, ...] = ()
-    max_voxels: int | None = None
+    max_voxels: float | None = None
     max_seconds: float | None = None
     allow_extrapolation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_voxels is not None and not self.max_voxels >= 1:
+            raise UserError(f"--max-voxels {self.max_voxels:g}: give a positive number of voxels, such as 4e6")
+        if self.max_seconds is not None and not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
+            raise UserError(f"--max-seconds {self.max_seconds:g}: give a positive number of seconds, such as 30")
 
 
 def parse_spacing(words: Sequence[str] | None) -> SpacingRequest:
@@ -80,7 +88,7 @@ class Segmenter:
         self.overlap = overlap
         self.cache_size = cache_size
         self._networks: OrderedDict[tuple[float, ...], nn.Module] = OrderedDict()
-        self._throughput: dict[tuple[int, ...], float] = {}
+        self._seconds_per_voxel_measured: float | None = None
 
     # networks -------------------------------------------------------------------------------------
     def network_for(self, spacing_zyx: Sequence[float]) -> nn.Module:
@@ -98,62 +106,95 @@ class Segmenter:
 
     # spacing --------------------------------------------------------------------------------------
     def choose_spacing(self, image: sitk.Image, request: SpacingRequest) -> SpacingChoice:
-        """The working spacing (x, y, z mm) for ``image`` under ``request``, with notes for the user."""
-        oriented = canonical(image)
+        """The working spacing (x, y, z mm, axes after reorientation to LPS) for ``image`` under ``request``."""
+        oriented = self._model_view(image)
         native = tuple(float(s) for s in oriented.GetSpacing())
-        low, high = self.model.spacing_range
+        dim = oriented.GetDimension()
         mode = request.mode
         if mode == "model":
             mode = "fixed" if self.model.method == "fs" else "native"
         if self.model.method == "fs" and mode in ("fixed", "auto"):
             return SpacingChoice(tuple(self.model.fixed_spacing), ["FS model: working at its fixed training spacing"])
         if mode == "explicit":
-            values = request.values * image.GetDimension() if len(request.values) == 1 else request.values
-            if len(values) != image.GetDimension():
-                raise UserError(f"--spacing has {len(values)} values for a {image.GetDimension()}D image: give 1 or {image.GetDimension()}")
-            spacing = tuple(values)
+            spacing = request.values * dim if len(request.values) == 1 else request.values
+            if len(spacing) != dim:
+                raise UserError(f"--spacing has {len(spacing)} values for a {dim}D image: give 1 or {dim}")
         elif mode == "native":
             spacing = native
         else:
-            spacing = self._auto_spacing(oriented, native, request)
+            return self._auto_spacing(oriented, native, request)
         if self.model.method == "fs":
-            note = [] if np.allclose(spacing, self.model.fixed_spacing) else [
-                "FS model at a spacing other than its own (FSNR when native)"]
-            return SpacingChoice(spacing, note)
-        notes = []
-        clamped = tuple(min(max(s, low), high) for s in spacing)
-        if clamped != spacing:
-            shown = ", ".join(f"{s:.3g}" for s in spacing)
-            if request.allow_extrapolation:
-                notes.append(f"spacing ({shown}) mm lies outside the trained range {low:g}-{high:g} mm; extrapolating")
-            else:
-                notes.append(
-                    f"spacing ({shown}) mm lies outside the trained range {low:g}-{high:g} mm; clamped to "
-                    f"({', '.join(f'{s:.3g}' for s in clamped)}) mm (pass --allow-extrapolation to keep it)"
-                )
-                spacing = clamped
-        return SpacingChoice(spacing, notes)
+            same = np.allclose(spacing, self.model.fixed_spacing)
+            return SpacingChoice(tuple(spacing), [] if same else ["FS model at a spacing other than its own (FSNR when native)"])
+        return self._within_range(tuple(spacing), request.allow_extrapolation)
 
-    def _auto_spacing(self, image: sitk.Image, native: tuple[float, ...], request: SpacingRequest) -> tuple[float, ...]:
-        """The finest spacing, coarsening from the native one, whose estimated cost fits the budget."""
+    def _within_range(self, spacing: tuple[float, ...], allow_extrapolation: bool) -> SpacingChoice:
+        """``spacing`` clamped to the trained range (unless extrapolating), with a note when it lies outside."""
+        low, high = self.model.spacing_range
+        clamped = _clamp(spacing, low, high)
+        if clamped == spacing or self.model.method == "fs":
+            return SpacingChoice(spacing)
+        shown = _mm(spacing)
+        if allow_extrapolation:
+            return SpacingChoice(spacing, [f"spacing {shown} lies outside the trained range {low:g}-{high:g} mm; extrapolating"])
+        return SpacingChoice(clamped, [
+            f"spacing {shown} lies outside the trained range {low:g}-{high:g} mm; clamped to {_mm(clamped)} "
+            "(pass --allow-extrapolation to keep it)"])
+
+    def _auto_spacing(self, image: sitk.Image, native: tuple[float, ...], request: SpacingRequest) -> SpacingChoice:
+        """The finest spacing, coarsening from the native one, that lies in the trained range and fits the budget.
+
+        Candidates raise every axis finer than a floor to that floor (so the coarsest axes of an anisotropic scan
+        stay as they are), clamped to the trained range unless extrapolation is allowed; the floor grows by 2%
+        a step. The voxel budget is exact; the time budget uses one measured window scaled by voxel count.
+        """
         low, high = self.model.spacing_range
         max_voxels = request.max_voxels or (None if request.max_seconds else DEFAULT_MAX_VOXELS)
-        floor = low
-        while True:
-            spacing = tuple(min(max(s, floor), max(high, s)) for s in native)
-            fits = True
-            if max_voxels is not None:
-                fits = voxels_at(image, spacing) <= max_voxels
-            if fits and request.max_seconds is not None:
-                fits = self.estimate_seconds(image, spacing) <= request.max_seconds
-            if fits or floor >= max(high, max(native)):
-                return spacing
-            floor *= 1.02
+        extrapolate = request.allow_extrapolation
+
+        def candidate(floor: float) -> tuple[float, ...]:
+            spacing = tuple(max(s, floor) for s in native)
+            return spacing if extrapolate else _clamp(spacing, low, high)
+
+        def fits(spacing: tuple[float, ...]) -> bool:
+            if max_voxels is not None and voxels_at(image, spacing) > max_voxels:
+                return False
+            return request.max_seconds is None or self.estimate_seconds(image, spacing) <= request.max_seconds
+
+        floor = min(native) if extrapolate else min(max(min(native), low), high)
+        coarsest = max(max(native), high) * _EXTRAPOLATION_REACH if extrapolate else high
+        spacing = candidate(floor)
+        while not fits(spacing) and floor < coarsest:
+            floor = min(floor * 1.02, coarsest)
+            spacing = candidate(floor)
+        notes = []
+        if not extrapolate and max(native) > high:
+            notes.append(f"native spacing {_mm(native)} is coarser than the trained range {low:g}-{high:g} mm on some "
+                         f"axes: working at most {high:g} mm there (pass --allow-extrapolation to keep it)")
+        if not fits(spacing):
+            budget = " and ".join(
+                ([f"{max_voxels:,.0f} voxels"] if max_voxels is not None else [])
+                + ([f"{request.max_seconds:g} s"] if request.max_seconds is not None else []))
+            reach = "the coarsest spacing tried" if extrapolate else "the coarsest spacing of the trained range"
+            notes.append(f"the budget of {budget} cannot be met: {reach}, {_mm(spacing)}, needs "
+                         f"{voxels_at(image, spacing):,} voxels" + ("" if extrapolate else
+                         "; pass --allow-extrapolation to go coarser than the model was trained for"))
+        return SpacingChoice(spacing, notes)
 
     # estimates ------------------------------------------------------------------------------------
+    def _model_view(self, image: sitk.Image) -> sitk.Image:
+        """The image as the network sees it: reoriented to LPS, and a single-slice volume as a 2D image for 2D models."""
+        oriented = canonical(image)
+        if self.model.dim == 2 and oriented.GetDimension() == 3:
+            keep = [axis for axis, n in enumerate(oriented.GetSize()) if n > 1][:2] or [0, 1]
+            array = np.squeeze(sitk.GetArrayFromImage(oriented), axis=tuple(2 - a for a in range(3) if a not in keep))
+            plane = sitk.GetImageFromArray(array)
+            plane.SetSpacing([oriented.GetSpacing()[a] for a in keep])
+            return plane
+        return oriented
+
     def _network_shape(self, image: sitk.Image, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        extent = physical_size(canonical(image))
-        shape = tuple(max(round(e / s), 1) for e, s in zip(reversed(extent), reversed(spacing)))
+        shape = tuple(reversed(grid_size(physical_size(self._model_view(image)), spacing)))
         return shape, patch_size_for(shape, self.patch, self.model.unet_config.divisor)
 
     def estimate_memory_mb(self, image: sitk.Image, spacing: Sequence[float]) -> float:
@@ -173,23 +214,26 @@ class Segmenter:
         return total / 2**20
 
     def estimate_seconds(self, image: sitk.Image, spacing: Sequence[float]) -> float:
-        """Prediction time (s) from the measured speed of one window on this device."""
+        """Prediction time (s): the voxels the windows process times the measured time per voxel on this device."""
         shape, patch = self._network_shape(image, spacing)
-        windows = count_windows(shape, patch, self.overlap)
-        return windows * self._seconds_per_window(tuple(reversed(spacing)), patch)
+        return count_windows(shape, patch, self.overlap) * math.prod(patch) * self._seconds_per_voxel()
 
-    def _seconds_per_window(self, spacing_zyx: tuple[float, ...], patch: tuple[int, ...]) -> float:
-        if patch not in self._throughput:
-            network = self.network_for(spacing_zyx)
-            x = torch.zeros((1, self.model.unet_config.in_channels, *patch), device=self.device)
-            with torch.no_grad():
+    def _seconds_per_voxel(self) -> float:
+        """Measured once per segmenter: one reference window (after a warm-up pass) of the model's network."""
+        if self._seconds_per_voxel_measured is None:
+            window = (_REFERENCE_WINDOW[self.model.dim],) * self.model.dim
+            network = self.network_for(tuple(self.model.spacing_range[:1]) * self.model.dim)
+            x = torch.zeros((1, self.model.unet_config.in_channels, *window), device=self.device)
+            with torch.inference_mode():
                 network(x)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
                 start = time.perf_counter()
                 network(x)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
-            self._throughput[patch] = time.perf_counter() - start
-        return self._throughput[patch]
+            self._seconds_per_voxel_measured = (time.perf_counter() - start) / math.prod(window)
+        return self._seconds_per_voxel_measured
 
     def check_memory(self, image: sitk.Image, spacing: Sequence[float]) -> float:
         """The estimated need (MB); a ``UserError`` with a coarser spacing to try if it exceeds what is free."""
@@ -206,13 +250,14 @@ class Segmenter:
 
     # segmentation ---------------------------------------------------------------------------------
     def segment(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter) -> sitk.Image:
-        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (x, y, z mm)."""
-        oriented = canonical(image)
+        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (x, y, z mm, LPS axes)."""
+        oriented = self._model_view(image)
+        normalisation = self.model.normalisation
         with reporter.stage("resample to working spacing"):
-            array = self.model.normalisation.apply(sitk.GetArrayViewFromImage(oriented))
+            array = normalisation.apply(sitk.GetArrayViewFromImage(oriented))
             normalised = sitk.GetImageFromArray(array)
             normalised.CopyInformation(oriented)
-            working = resample_to_spacing(normalised, spacing)
+            working = resample_to_spacing(normalised, spacing, outside=normalisation.outside_value)
             spacing_zyx = tuple(reversed(working.GetSpacing()))
             volume = torch.from_numpy(sitk.GetArrayFromImage(working))[None].to(self.device)
         patch = patch_size_for(volume.shape[1:], self.patch, self.model.unet_config.divisor)
@@ -220,10 +265,16 @@ class Segmenter:
         with reporter.stage(f"predict {windows} windows of {'x'.join(map(str, patch))}", total=windows) as update:
             network = self.network_for(spacing_zyx)
             probabilities = predict_probabilities(
-                volume, network, len(self.model.labels), patch, self.overlap, update
+                volume, network, len(self.model.labels), patch, self.overlap, update, normalisation.outside_value,
             ).cpu().numpy()
         with reporter.stage("restore input grid"):
-            return probabilities_to_labels(probabilities, sorted(self.model.labels), working, image)
+            if oriented.GetDimension() == image.GetDimension():
+                return probabilities_to_labels(probabilities, sorted(self.model.labels), working, image)
+            # a single-slice volume segmented as a 2D image: its voxels are the slice's pixels
+            plane = probabilities_to_labels(probabilities, sorted(self.model.labels), working, oriented)
+            labels = sitk.GetImageFromArray(sitk.GetArrayFromImage(plane).reshape(sitk.GetArrayViewFromImage(canonical(image)).shape))
+            labels.CopyInformation(canonical(image))
+            return sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 def probabilities_to_labels(
@@ -244,3 +295,11 @@ def probabilities_to_labels(
     result = sitk.GetImageFromArray(labels)
     result.CopyInformation(reference)
     return result
+
+
+def _clamp(spacing: Sequence[float], low: float, high: float) -> tuple[float, ...]:
+    return tuple(min(max(float(s), low), high) for s in spacing)
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return " x ".join(f"{s:.3g}" for s in spacing) + " mm"

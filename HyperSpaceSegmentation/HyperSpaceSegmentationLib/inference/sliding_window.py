@@ -56,18 +56,20 @@ def predict_probabilities(
     patch: Sequence[int],
     overlap: float = 0.5,
     update: Callable[[int], None] | None = None,
+    outside: float = 0.0,
 ) -> torch.Tensor:
     """Softmax probabilities ``(num_classes, *shape)`` for a ``(channels, *shape)`` volume.
 
-    ``patch`` must already fit the network (see ``patch_size_for``); the volume is zero-padded to at least
-    one patch, and the blended probabilities are divided by the summed window weights.
+    ``patch`` must already fit the network (see ``patch_size_for``); a volume smaller than one patch is padded
+    with ``outside`` (the normalised intensity beyond a scan, as in training), and the blended probabilities
+    are divided by the summed window weights.
     """
     shape = volume.shape[1:]
     padded = [max(s, p) for s, p in zip(shape, patch)]
     pad = []
     for s, p in zip(reversed(shape), reversed(padded)):
         pad += [0, p - s]
-    source = F.pad(volume, pad) if any(pad) else volume
+    source = F.pad(volume, pad, value=outside) if any(pad) else volume
     importance = gaussian_importance(patch).to(volume.device)
     probabilities = torch.zeros((num_classes, *padded), device=volume.device)
     weight_sum = torch.zeros(padded, device=volume.device)

@@ -1,0 +1,203 @@
+"""Inference below the geometry: window blending, anti-aliasing, the working grid's size, the spacing policy."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from HyperSpaceSegmentationLib.cli import main
+from HyperSpaceSegmentationLib.geometry import grid_size, resample_to_spacing, voxels_at, working_grid
+from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
+from HyperSpaceSegmentationLib.inference.sliding_window import predict_probabilities
+from HyperSpaceSegmentationLib.io.model_file import save_model
+from HyperSpaceSegmentationLib.preprocessing import Normalisation
+from HyperSpaceSegmentationLib.progress import Reporter
+
+from conftest import OBLIQUE, asymmetric_phantom, oracle_model, phantom, tiny_model
+
+
+class ConstantLogits(torch.nn.Module):
+    def forward(self, x):
+        logits = torch.tensor([2.0, 0.5, -1.0]).view(1, 3, *([1] * (x.ndim - 2)))
+        return logits.expand(x.shape[0], 3, *x.shape[2:])
+
+
+class BorderArtefacts(torch.nn.Module):
+    """Confidently class 1 within patch/8 of the window's border, class 0 elsewhere: a network with edge effects."""
+
+    def forward(self, x):
+        band = torch.zeros(x.shape[2:], dtype=torch.bool)
+        for axis, size in enumerate(x.shape[2:]):
+            index = torch.arange(size)
+            shape = [1] * (x.ndim - 2)
+            shape[axis] = size
+            band = band | ((index < size / 8) | (index >= size - size / 8)).view(shape)
+        logit = band.float() * 20 - 10
+        return torch.stack([-logit, logit])[None]
+
+
+def test_blended_windows_are_probabilities_wherever_windows_overlap():
+    volume = torch.zeros(1, 40, 56, 72)  # 2 x 3 x 4 overlapping windows of 32^3
+    probabilities = predict_probabilities(volume, ConstantLogits(), 3, (32, 32, 32), overlap=0.5)
+    expected = torch.softmax(torch.tensor([2.0, 0.5, -1.0]), 0)
+    assert probabilities.shape == (3, 40, 56, 72)
+    assert torch.allclose(probabilities, expected.view(3, 1, 1, 1).expand_as(probabilities), atol=1e-5)
+
+
+def test_gaussian_blending_hides_each_windows_border_where_another_window_sees_it_centrally():
+    """nnU-Net's weighting (sigma = patch / 8): a window's rim weighs little against a neighbour's centre."""
+    probabilities = predict_probabilities(torch.zeros(1, 96, 96), BorderArtefacts(), 2, (32, 32), overlap=0.5)
+    interior = probabilities[1, 16:80, 16:80]  # every voxel here lies centrally in some window
+    assert interior.max() < 0.05
+    assert probabilities[1, 0, 48] > 0.95  # the volume's own edge is seen by rims only
+
+
+class WindowMinimum(torch.nn.Module):
+    """Class 1 everywhere in a window whose smallest input is below -9 (what lies outside a CT scan below)."""
+
+    def forward(self, x):
+        low = (x.amin(dim=tuple(range(1, x.ndim)), keepdim=True) < -9).float().expand_as(x) * 20 - 10
+        return torch.cat([-low, low], dim=1)
+
+
+def test_windows_beyond_a_small_scan_see_what_lies_outside_a_scan():
+    """Training pads patches with the normalised intensity of air for CT; inference must pad windows alike."""
+    model = oracle_model(label_values=(0, 1), levels=(0.0, 1.0))
+    model.network = WindowMinimum()
+    model.network.config = oracle_model().unet_config
+    model.normalisation = Normalisation("ct", clip_low=-1000.0, clip_high=1000.0, mean=0.0, std=100.0)
+    assert model.normalisation.outside_value == pytest.approx(-10.0)
+    image = sitk.GetImageFromArray(np.zeros((10, 12, 14), np.float32))  # soft tissue (0 HU) only, smaller than a window
+    labels = Segmenter(model, device="cpu", patch=32).segment(image, (1.0, 1.0, 1.0), Reporter(3, quiet=True))
+    assert sitk.GetArrayFromImage(labels).min() == 1  # the padded window held air
+
+
+def test_downsampling_averages_away_detail_finer_than_the_new_spacing():
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (48, 48, 48)).astype(np.float32))
+    coarse = sitk.GetArrayFromImage(resample_to_spacing(noise, (3.0, 3.0, 3.0)))
+    assert coarse.shape == (16, 16, 16)
+    assert coarse.std() < 0.4  # without anti-aliasing every sample keeps the full noise (std 1)
+    assert abs(coarse.mean()) < 0.1
+
+
+def test_grid_size_rounds_halves_up_whatever_the_rounding_noise():
+    assert grid_size((244.5, 100.0), (3.0, 3.0)) == (82, 33)  # 81.5 and 33.33 voxels
+    for noise in (-1e-9, 1e-9, -1e-12):
+        assert grid_size((244.5 + noise,), (3.0,)) == (82,)
+    assert grid_size((1.0,), (3.0,)) == (1,)
+
+
+def test_header_rounding_noise_changes_nothing(tmp_path):
+    """163 slices of 1.5 mm are 81.5 slices of 3 mm: the classic case where NIfTI and NRRD headers disagreed."""
+    image, _ = phantom(size=(20, 24, 163), spacing=(1.5, 1.5, 1.5), direction=OBLIQUE, origin=(1.0, 2.0, 3.0))
+    segmenter = Segmenter(tiny_model(), device="cpu", patch=32)
+    results = []
+    for spacing_noise, origin_noise in ((0.0, 0.0), (1e-9, 0.0), (-1e-9, 1e-9), (0.0, -1e-9)):
+        noisy = sitk.Image(image)
+        noisy.SetSpacing([s + spacing_noise for s in image.GetSpacing()])
+        noisy.SetOrigin([o + origin_noise for o in image.GetOrigin()])
+        for suffix in (".nii.gz", ".nrrd"):
+            path = tmp_path / f"scan{suffix}"
+            sitk.WriteImage(noisy, str(path))
+            scan = sitk.ReadImage(str(path))
+            assert working_grid(scan, (3.0, 3.0, 3.0)).GetSize()[2] == 82
+            results.append(sitk.GetArrayFromImage(segmenter.segment(scan, (3.0, 3.0, 3.0), Reporter(3, quiet=True))))
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+
+
+# --- the spacing policy -----------------------------------------------------------------------------------------
+
+def anisotropic_scan():
+    """A 0.5 x 0.5 x 5 mm scan of 200 x 200 x 200 mm."""
+    image = sitk.Image([400, 400, 40], sitk.sitkFloat32)
+    image.SetSpacing((0.5, 0.5, 5.0))
+    return image
+
+
+def test_auto_spacing_meets_the_voxel_budget_within_the_trained_range():
+    segmenter = Segmenter(tiny_model(), device="cpu")  # trained 0.8-3.5 mm
+    image = anisotropic_scan()
+    choice = segmenter.choose_spacing(image, SpacingRequest("auto", max_voxels=1e6))
+    assert all(0.8 <= s <= 3.5 for s in choice.spacing)
+    assert choice.spacing[2] == pytest.approx(3.5)  # the 5 mm axis is brought into range, not left at 5
+    assert 0.9e6 < voxels_at(image, choice.spacing) <= 1e6  # the finest that fits, not just any that fits
+    assert any("coarser than the trained range" in note for note in choice.notes)
+
+
+def test_auto_spacing_with_extrapolation_keeps_the_coarse_axis():
+    segmenter = Segmenter(tiny_model(), device="cpu")
+    choice = segmenter.choose_spacing(anisotropic_scan(), SpacingRequest("auto", max_voxels=1e6, allow_extrapolation=True))
+    assert choice.spacing[2] == pytest.approx(5.0)
+    assert voxels_at(anisotropic_scan(), choice.spacing) <= 1e6
+
+
+def test_an_impossible_budget_says_so_and_uses_the_coarsest_trained_spacing():
+    segmenter = Segmenter(tiny_model(), device="cpu")
+    choice = segmenter.choose_spacing(anisotropic_scan(), SpacingRequest("auto", max_voxels=1))
+    assert choice.spacing == pytest.approx((3.5, 3.5, 3.5))
+    assert any("cannot be met" in note and "--allow-extrapolation" in note for note in choice.notes)
+
+
+def test_time_budget_measures_the_network_once_and_picks_the_finest_spacing_that_fits():
+    model = tiny_model()
+    calls = []
+    segmenter = Segmenter(model, device="cpu", patch=32)
+    original = segmenter.network_for
+
+    def counting_network_for(spacing):
+        network = original(spacing)
+        network.register_forward_hook(lambda *args: calls.append(1))
+        return network
+
+    segmenter.network_for = counting_network_for
+    image, _ = phantom(size=(96, 96, 96), spacing=(0.8, 0.8, 0.8))
+    budget = 0.5 * segmenter.estimate_seconds(image, (0.8, 0.8, 0.8))
+    choice = segmenter.choose_spacing(image, SpacingRequest("auto", max_seconds=budget))
+    assert len(calls) <= 2  # one warm-up and one timed pass, however many spacings were considered
+    assert segmenter.estimate_seconds(image, choice.spacing) <= budget
+    finer = tuple(s / 1.05 for s in choice.spacing)
+    assert segmenter.estimate_seconds(image, finer) > budget
+
+
+@pytest.mark.parametrize("option,value", [("--max-voxels", "-5"), ("--max-voxels", "0"), ("--max-voxels", "nan"),
+                                          ("--max-seconds", "0"), ("--max-seconds", "-1"), ("--max-seconds", "inf")])
+def test_impossible_budgets_are_refused(option, value, tmp_path, capsys):
+    image, _ = phantom(size=(16, 16, 16))
+    sitk.WriteImage(image, str(tmp_path / "scan.nrrd"))
+    model = save_model(tiny_model(), tmp_path / "model.pt")
+    code = main(["segment", str(tmp_path / "scan.nrrd"), "-o", str(tmp_path / "out.nrrd"), "--model", str(model),
+                 "--spacing", "auto", option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{option} {value}"[:13] in err.splitlines()[-1] and "give a positive" in err
+    assert not (tmp_path / "out.nrrd").exists()
+
+
+def test_json_summary_gives_both_spacings_in_lps_axis_order(tmp_path, capsys):
+    # the file's first axis runs S-I: in L, P, S order its spacing is (0.9, 1.6, 1.2)
+    image, _ = phantom(size=(20, 24, 16), spacing=(1.2, 0.9, 1.6), direction=(0, 1, 0, 0, 0, 1, 1, 0, 0))
+    sitk.WriteImage(image, str(tmp_path / "scan.nrrd"))
+    model = save_model(tiny_model(), tmp_path / "model.pt")
+    code = main(["segment", str(tmp_path / "scan.nrrd"), "-o", str(tmp_path / "out.nrrd"), "--model", str(model), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert summary["native_spacing_mm"] == pytest.approx([0.9, 1.6, 1.2])
+    assert summary["spacing_mm"] == pytest.approx(summary["native_spacing_mm"])
+
+
+# --- single-slice volumes -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("direction", [None, OBLIQUE])
+def test_a_single_slice_volume_is_segmented_on_its_own_grid(dim, direction):
+    image, truth = asymmetric_phantom(size=(40, 36, 1), spacing=(0.9, 1.1, 4.0), origin=(5.0, 6.0, 7.0), direction=direction)
+    segmenter = Segmenter(oracle_model(dim=dim), device="cpu", patch=32)
+    choice = segmenter.choose_spacing(image, SpacingRequest("native"))
+    assert len(choice.spacing) == dim
+    labels = segmenter.segment(image, choice.spacing, Reporter(3, quiet=True))
+    assert labels.GetSize() == image.GetSize() and labels.GetDirection() == image.GetDirection()
+    assert labels.GetOrigin() == image.GetOrigin() and labels.GetSpacing() == image.GetSpacing()
+    assert np.array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(truth))
+
