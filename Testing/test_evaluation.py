@@ -104,6 +104,54 @@ def test_symmetric_metrics_are_symmetric():
     assert ab["precision"] == pytest.approx(ba["recall"])
 
 
+def test_prediction_inside_the_reference_has_full_precision_and_partial_recall():
+    """A prediction that is a strict subset of the reference: TP 400, FP 0, FN 600 voxels of 2 mm^3."""
+    reference, prediction = np.zeros((12, 12, 12), bool), np.zeros((12, 12, 12), bool)
+    reference[1:11, 1:11, 1:11] = True  # 1000 voxels
+    prediction[1:11, 1:11, 1:5] = True  # 400 of them
+    s = scores(reference, prediction, (2.0, 1.0, 1.0))
+    assert s["precision"] == 1.0 and s["recall"] == pytest.approx(0.4)
+    assert s["dice"] == pytest.approx(800 / 1400) and s["jaccard"] == pytest.approx(0.4)
+    assert s["specificity"] == 1.0 and s["rel_vol_diff"] == pytest.approx(-0.6)
+    assert s["vol_ref"] == pytest.approx(2.0) and s["vol_pred"] == pytest.approx(0.8)
+    assert s["fbeta"] == pytest.approx(0.52 / 0.7)  # 1.3 * 1 * 0.4 / (0.3 * 1 + 0.4)
+    swapped = scores(prediction, reference, (2.0, 1.0, 1.0))
+    assert swapped["precision"] == pytest.approx(0.4) and swapped["recall"] == 1.0
+
+
+# Reference values from DeepMind's surface-distance library (PyPI surface-distance 0.1, installed in a scratch
+# environment only): r = compute_surface_distances(reference, prediction, spacing); haus95 and hausdorff are
+# compute_robust_hausdorff(r, 95 / 100), surf_dice is compute_surface_dice_at_tolerance(r, 1.0), avg_surf is
+# sum(distances * surfel areas) over both directions / sum of both areas. Boxes are [low, high) per array axis.
+# The same percentile with equal weights per element gives 5.657, 5.0, 9.0 and 10.28 mm: far outside the tolerance.
+DEEPMIND_CASES = {
+    "grown box, 4 x 4 x 1 mm": ((10, 16, 16), (4.0, 4.0, 1.0), ((2, 2, 3), (8, 8, 9)), ((1, 1, 2), (9, 9, 8)),
+                                 {"haus95": 4.12310563, "hausdorff": 5.74456265, "avg_surf": 1.77974144,
+                                  "surf_dice": 0.679081395}),
+    "crossing boxes, 1 x 2 x 3 mm": ((10, 16, 16), (1.0, 2.0, 3.0), ((1, 1, 2), (6, 4, 5)), ((1, 3, 1), (9, 5, 4)),
+                                      {"haus95": 4.0, "hausdorff": 5.0, "avg_surf": 2.05601577, "surf_dice": 0.307441373}),
+    "shifted box, 0.7 x 0.7 x 3 mm": ((10, 16, 16), (0.7, 0.7, 3.0), ((3, 1, 2), (8, 5, 8)), ((5, 3, 2), (9, 4, 11)),
+                                       {"haus95": 6.04069532, "hausdorff": 9.02718118, "avg_surf": 1.37615561,
+                                        "surf_dice": 0.543681245}),
+    "2D rectangles, 0.6 x 2 mm": ((20, 16), (0.6, 2.0), ((3, 2), (12, 9)), ((5, 4), (18, 14)),
+                                  {"haus95": 10.1607086, "hausdorff": 10.6282642, "avg_surf": 3.61388996,
+                                   "surf_dice": 0.0822936138}),
+}
+
+
+@pytest.mark.parametrize("case", DEEPMIND_CASES)
+def test_surface_metrics_match_deepmind_surface_distance(case):
+    shape, spacing, reference_box, prediction_box, expected = DEEPMIND_CASES[case]
+    masks = []
+    for low, high in (reference_box, prediction_box):
+        mask = np.zeros(shape, bool)
+        mask[tuple(slice(a, b) for a, b in zip(low, high))] = True
+        masks.append(mask)
+    s = scores(*masks, spacing)
+    for name, value in expected.items():
+        assert s[name] == pytest.approx(value, abs=1e-5), name
+
+
 def test_empty_mask_conventions():
     spacing = (2.0, 1.0, 1.0)
     shape = (10, 20, 30)
@@ -128,9 +176,9 @@ def test_ife_measures_counted_right_on_large_masks():
     reference[:10] = True  # 100,000 voxels
     prediction[4:12] = True  # 80,000 voxels, 60,000 shared
     s = scores(reference, prediction, (1.0, 1.0, 1.0))
-    precision, recall = 0.75, 0.6
-    assert s["fbeta"] == pytest.approx(1.3 * precision * recall / (0.3 * precision + recall))
-    assert s["conformity"] == pytest.approx(1 - 60000 / 60000)
+    assert s["precision"] == pytest.approx(0.75) and s["recall"] == pytest.approx(0.6)
+    assert s["fbeta"] == pytest.approx(0.585 / 0.825)  # by hand: 1.3 x 0.75 x 0.6 / (0.3 x 0.75 + 0.6)
+    assert s["conformity"] == pytest.approx(0.0)  # 1 - (20000 + 40000) / 60000
     assert s["mae"] == pytest.approx(60000 / 1e6)
     probabilities = prediction * 0.8
     assert scores(reference, prediction, (1.0, 1.0, 1.0), probabilities=probabilities)["mae"] == pytest.approx(
@@ -182,6 +230,49 @@ def test_segment_names_of_seg_nrrd_files_name_the_classes(tmp_path):
     # the seg.nrrd keeps each segment separately: "tissue" is label 1 alone, as in the label map
     assert by_name["tissue_dice"] == pytest.approx(by_value["1_dice"])
     assert by_name["core_haus95"] == pytest.approx(by_value["2_haus95"])
+
+
+def write_seg_nrrd_with_label_values(path, labels, names):
+    """A one-layer .seg.nrrd written with slicerio itself, each segment keeping its own ``labelValue``."""
+    import slicerio
+
+    from HyperSpaceSegmentationLib.io.images import ijk_to_lps
+
+    voxels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
+    segments = []
+    for value, name in names.items():
+        inside = np.nonzero(voxels == value)
+        segments.append({"id": f"Segment_{value}", "name": name, "labelValue": value, "layer": 0,
+                         "extent": [int(v) for axis in inside for v in (axis.min(), axis.max())]})
+    slicerio.write_segmentation(str(path), {"voxels": voxels, "ijkToLPS": ijk_to_lps(labels), "segments": segments})
+    return path
+
+
+@pytest.mark.parametrize("writer", ["slicerio", "write_labels"])
+def test_seg_nrrd_with_non_contiguous_labels_against_a_label_map(tmp_path, writer):
+    """Labels {1, 2, 4}: the .seg.nrrd's segment 4 is the label map's 4, in either role, and names the class."""
+    spacing = (2.0, 0.8, 0.7)
+    shape = shape_for(spacing, 40.0)
+    labels = np.zeros(shape, np.uint8)
+    labels[ball(shape, spacing, 15.0)] = 1
+    labels[ball(shape, spacing, 8.0, centre=[20.0, 14.0, 17.0])] = 2
+    labels[ball(shape, spacing, 6.0, centre=[18.0, 26.0, 24.0])] = 4
+    label_map = write_image(tmp_path / "labels.nii.gz", labels, spacing, OBLIQUE, origin=(-12.0, 30.0, 5.5))
+    image = sitk.ReadImage(str(label_map))
+    names = {1: "organ", 2: "cyst", 4: "tumour"}
+    if writer == "slicerio":
+        segmentation = write_seg_nrrd_with_label_values(tmp_path / "labels.seg.nrrd", image, names)
+    else:
+        segmentation = write_labels(image, tmp_path / "labels.seg.nrrd", {0: "background", **names})
+    moved = labels.copy()
+    moved[moved == 4] = 2  # a label map whose 4 was written as another value is no perfect match
+    for reference, prediction in ((label_map, segmentation), (segmentation, label_map)):
+        row = evaluate_files(reference, prediction, metrics=["dice", "haus95"])
+        assert {k: v for k, v in row.items() if k.endswith("_dice")} == {
+            "organ_dice": 1.0, "cyst_dice": 1.0, "tumour_dice": 1.0}
+        assert row["tumour_haus95"] == 0.0 and row["tumour_empty"] == "none"
+    wrong = write_image(tmp_path / "wrong.nii.gz", moved, spacing, OBLIQUE, origin=(-12.0, 30.0, 5.5))
+    assert evaluate_files(segmentation, wrong, metrics=["dice"])["tumour_dice"] == 0.0
 
 
 def run(capsys, *argv):
@@ -246,6 +337,33 @@ def test_bad_evaluation_inputs(problem, tmp_path, capsys):
     }[problem]
     code, _, err = run(capsys, "evaluate", *argv)
     assert code == 2 and err.startswith("hyperspace: error:") and err.count("\n") == 1, err
+
+
+def test_a_class_in_neither_image_scores_perfect_with_a_note(tmp_path, capsys):
+    reference, prediction = two_label_case(tmp_path, "x")
+    code, out, err = run(capsys, "evaluate", reference, prediction, "--labels", "7", "2", "--metrics", "dice")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "class 7 is in neither the reference nor the prediction" in notes[0]
+    assert [line.split() for line in out.splitlines()[1:]] == [["7", "1"], ["2", "1"]]
+    code, _, err = run(capsys, "evaluate", reference, prediction, "--labels", "2")
+    assert code == 0 and "note:" not in err
+
+
+def test_probability_map_against_a_multi_class_reference_is_refused(tmp_path, capsys):
+    reference, _ = two_label_case(tmp_path, "x")
+    labels = sitk.ReadImage(str(reference))
+    probabilities = sitk.GetImageFromArray((sitk.GetArrayFromImage(labels) > 0) * np.float32(0.9))
+    probabilities.CopyInformation(labels)
+    sitk.WriteImage(probabilities, str(tmp_path / "probabilities.nii.gz"))
+    code, _, err = run(capsys, "evaluate", reference, tmp_path / "probabilities.nii.gz")
+    assert code == 2 and err.count("\n") == 1 and "probability map" in err and "(1, 2)" in err, err
+    # a floating-point image of whole numbers is a label map, whatever its range
+    mask = sitk.Cast(sitk.BinaryThreshold(labels, 2, 2), sitk.sitkFloat32)
+    sitk.WriteImage(mask, str(tmp_path / "core.nii.gz"))
+    code, out, err = run(capsys, "evaluate", reference, tmp_path / "core.nii.gz", "--json", "--metrics", "dice")
+    assert code == 0, err
+    assert json.loads(out)["1_dice"] == pytest.approx(0.0) and json.loads(out)["2_empty"] == "prediction"
 
 
 def test_overlapping_segments_of_a_layered_seg_nrrd(tmp_path):

@@ -79,23 +79,61 @@ def evaluate_files(
 ) -> dict[str, float | str]:
     """Read and score one case."""
     ref = read_segmentation(reference)
-    pred = align(ref, read_segmentation(prediction), resample, (str(reference), str(prediction)))
+    pred = read_segmentation(prediction)
+    foreground = sorted(ref.present_values())
+    if pred.probabilities is not None and len(foreground) > 1:
+        raise UserError(f"{prediction} is a probability map (values in [0, 1]) but {reference} has several labels "
+                        f"({', '.join(map(str, foreground))}): give the prediction as a label map")
+    pred = align(ref, pred, resample, (str(reference), str(prediction)))
     return evaluate_pair(ref, pred, classes, metrics, tolerance)
 
 
+CASE_COLUMNS = ("id", "mask", "prediction")
+
+
 def read_paths_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Cases from a CSV with columns id, mask (the reference) and prediction; relative paths from the CSV."""
+    """Cases from a CSV with columns id, mask (the reference) and prediction; relative paths from the CSV.
+
+    Spreadsheet exports are accepted: a UTF-8 byte-order mark, CRLF line ends, spaces after the commas and
+    rows whose cells are all blank. Every case needs all three values and a unique id.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"paths CSV {path} does not exist: check the --paths-csv path")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"id", "mask", "prediction"} <= set(rows[0]):
-        raise UserError(f"paths CSV {path} needs the columns id, mask and prediction (MIST's layout)")
-    for row in rows:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        if "\x00" in text:
+            raise csv.Error("it holds NUL characters")
+        reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+        columns = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = columns
+        rows = [(reader.line_num, row) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"paths CSV {path} is not a readable UTF-8 CSV file ({error}): "
+                        "save it as CSV (UTF-8)") from None
+    missing = [name for name in CASE_COLUMNS if name not in columns]
+    if missing:
+        raise UserError(f"paths CSV {path} lacks the column(s) {', '.join(missing)}: its first line must name "
+                        "the columns id, mask and prediction (MIST's layout)")
+    cases, seen = [], {}
+    for line, row in rows:
+        if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
+            continue
+        empty = [name for name in CASE_COLUMNS if not (row.get(name) or "").strip()]
+        if empty or None in row:
+            problem = f"has no {', '.join(empty)}" if empty else f"has more values than the {len(columns)} columns"
+            raise UserError(f"paths CSV {path}, line {line} {problem}: give id, mask and prediction on every line")
+        case = {name: row[name].strip() for name in CASE_COLUMNS}
+        if case["id"] in seen:
+            raise UserError(f"paths CSV {path}: id {case['id']!r} appears on lines {seen[case['id']]} and {line}: "
+                            "give every case its own id")
+        seen[case["id"]] = line
         for key in ("mask", "prediction"):
-            row[key] = str((path.parent / row[key]).resolve()) if not os.path.isabs(row[key]) else row[key]
-    return rows
+            case[key] = case[key] if os.path.isabs(case[key]) else str((path.parent / case[key]).resolve())
+        cases.append(case)
+    if not cases:
+        raise UserError(f"paths CSV {path} lists no cases: add one line per case under the header")
+    return cases
 
 
 def _evaluate_row(args: tuple) -> dict[str, float | str]:
@@ -120,6 +158,26 @@ def evaluate_batch(
             if update:
                 update(1)
         return results
+
+
+def class_names(columns: Iterable[str]) -> list[str]:
+    """The scored classes, in order, from the keys of a row (each class has a ``{class}_empty`` key)."""
+    return [key[: -len("_empty")] for key in columns if key.endswith("_empty")]
+
+
+def empty_class_notes(rows: Iterable[dict[str, float | str]], shown: int = 5) -> list[str]:
+    """A note for each class that is in neither image of some case, which MIST scores as a perfect match."""
+    cases: dict[str, list[str]] = {}
+    for row in rows:
+        for name in class_names(row):
+            if row[f"{name}_empty"] == "both":
+                cases.setdefault(name, []).append(str(row["id"]))
+    notes = []
+    for name, ids in cases.items():
+        listed = ", ".join(ids[:shown]) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+        notes.append(f"class {name} is in neither the reference nor the prediction ({listed}), so it scores as a "
+                     "perfect match (MIST's convention): check the class list if that is unexpected")
+    return notes
 
 
 def results_table(rows: Iterable[dict[str, float | str]]) -> tuple[list[str], list[dict[str, float | str]]]:

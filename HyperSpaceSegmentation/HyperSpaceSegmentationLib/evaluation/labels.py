@@ -53,7 +53,8 @@ class ClassSpec:
 
 
 def read_segmentation(path: str | os.PathLike) -> Segmentation:
-    """Read a label image or a ``.seg.nrrd``; non-integer images must hold probabilities in [0, 1]."""
+    """Read a label image or a ``.seg.nrrd``; a floating-point image is a label map if its values are whole
+    numbers, else it must hold probabilities in [0, 1]."""
     path = Path(path)
     if extension(path) == ".seg.nrrd":
         return _read_seg_nrrd(path)
@@ -66,10 +67,10 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
             raise UserError(f"{path} has more than {MAX_LABELS} distinct values, so it looks like an intensity image: "
                             "give a label map")
         return Segmentation(image, array, {})
-    if np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
-        return Segmentation(image, (array >= 0.5).astype(np.uint8), {}, probabilities=array)
     if np.isfinite(array).all() and np.array_equal(array, np.round(array)):
         return Segmentation(image, array.astype(np.int64), {})
+    if np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
+        return Segmentation(image, (array >= 0.5).astype(np.uint8), {}, probabilities=array)
     raise UserError(f"{path} holds non-integer values outside [0, 1]: give a label map (or probabilities in [0, 1])")
 
 

@@ -1,0 +1,103 @@
+"""`hyperspace evaluate --paths-csv`: spreadsheet-made and broken case lists, failed cases and the printed summary."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from HyperSpaceSegmentationLib.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def masks(tmp_path):
+    """Three label maps on one 1 mm grid: a cube, the same cube, and a disjoint cube of the same size."""
+    paths = {}
+    for name, start in (("ref", 2), ("same", 2), ("apart", 12)):
+        array = np.zeros((8, 8, 20), np.uint8)
+        array[2:6, 2:6, start:start + 4] = 1
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(paths[name]))
+    return paths
+
+
+def write_csv(tmp_path, text, encoding="utf-8", name="cases.csv"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def table_value(out, label, metric_column=0):
+    """The value printed for class ``label`` in the class-by-metric table."""
+    for line in out.splitlines():
+        fields = line.split()
+        if fields and fields[0] == label:
+            return float(fields[1 + metric_column])
+    raise AssertionError(f"class {label} not in the output:\n{out}")
+
+
+def test_batch_without_output_prints_the_mean_over_cases(tmp_path, capsys, masks):
+    cases = write_csv(tmp_path, "id,mask,prediction\nperfect,ref.nii.gz,same.nii.gz\nmissed,ref.nii.gz,apart.nii.gz\n")
+    code, out, err = run(capsys, "evaluate", "--paths-csv", cases, "--metrics", "dice", "recall")
+    assert code == 0, err
+    assert table_value(out, "1", 0) == pytest.approx(0.5)  # Dice 1 and 0
+    assert table_value(out, "1", 1) == pytest.approx(0.5)
+    assert "-o results.csv" in out
+    assert not list(tmp_path.glob("*results*"))
+
+
+def test_spreadsheet_export_with_bom_crlf_and_spaces_is_read(tmp_path, capsys, masks):
+    text = "id, mask, prediction\r\nperfect, ref.nii.gz, same.nii.gz\r\n,,\r\nmissed, ref.nii.gz, apart.nii.gz\r\n"
+    cases = write_csv(tmp_path, text, encoding="utf-8-sig")
+    output = tmp_path / "results.csv"
+    code, out, err = run(capsys, "evaluate", "--paths-csv", cases, "--metrics", "dice", "-o", output)
+    assert code == 0, err
+    lines = output.read_text().splitlines()
+    assert lines[0] == "id,1_dice,1_empty"
+    assert lines[1].startswith("perfect,1,") and lines[2].startswith("missed,0,")
+    assert table_value(out, "1") == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("problem, text, expected", [
+    ("short row", "id,mask,prediction\na,ref.nii.gz\n", "line 2 has no prediction"),
+    ("long row", "id,mask,prediction\na,ref.nii.gz,same.nii.gz,x\n", "line 2 has more values"),
+    ("header only", "id,mask,prediction\r\n", "lists no cases"),
+    ("empty file", "", "lacks the column(s) id, mask, prediction"),
+    ("wrong columns", "case,reference,prediction\na,ref.nii.gz,same.nii.gz\n", "lacks the column(s) id, mask"),
+    ("duplicate id", "id,mask,prediction\na,ref.nii.gz,same.nii.gz\nb,ref.nii.gz,same.nii.gz\na,ref.nii.gz,apart.nii.gz\n",
+     "id 'a' appears on lines 2 and 4"),
+])
+def test_malformed_case_lists_give_one_line_errors(tmp_path, capsys, masks, problem, text, expected):
+    code, out, err = run(capsys, "evaluate", "--paths-csv", write_csv(tmp_path, text), "-o", tmp_path / "results.csv")
+    assert code == 2 and err.startswith("hyperspace: error:") and err.count("\n") == 1, err
+    assert expected in err
+    assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, b"id,mask,prediction\na,ref\x00.nii.gz,b\n"])
+def test_binary_file_as_case_list_gives_one_line_error(tmp_path, capsys, content):
+    path = tmp_path / "cases.csv"
+    path.write_bytes(content)
+    code, _, err = run(capsys, "evaluate", "--paths-csv", path)
+    assert code == 2 and err.count("\n") == 1 and "not a readable UTF-8 CSV" in err, err
+
+
+def test_batch_in_which_every_case_failed_exits_2(tmp_path, capsys, masks):
+    cases = write_csv(tmp_path, "id,mask,prediction\na,ref.nii.gz,gone.nii.gz\nb,gone.nii.gz,same.nii.gz\n")
+    output = tmp_path / "results.csv"
+    code, out, err = run(capsys, "evaluate", "--paths-csv", cases, "-o", output)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("hyperspace: error: all 2 cases failed")
+    assert any(line.startswith("hyperspace: case a failed:") and "gone.nii.gz" in line for line in lines)
+    assert not output.exists() and out == ""
+
+
+@pytest.mark.parametrize("workers", ["0", "-3"])
+def test_workers_below_one_are_refused(tmp_path, capsys, masks, workers):
+    cases = write_csv(tmp_path, "id,mask,prediction\na,ref.nii.gz,same.nii.gz\n")
+    code, _, err = run(capsys, "evaluate", "--paths-csv", cases, "--workers", workers)
+    assert code == 2 and err.count("\n") == 1 and f"--workers {workers}" in err, err
