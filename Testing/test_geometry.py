@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HyperSpaceSegmentationLib.geometry import resample_labels, same_grid, working_grid
+from HyperSpaceSegmentationLib.geometry import same_grid, working_grid
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
 from HyperSpaceSegmentationLib.inference.segmenter import probabilities_to_labels
 from HyperSpaceSegmentationLib.progress import Reporter
@@ -61,11 +61,6 @@ def test_labels_survive_working_spacing_and_back(grid):
     for value in (1, 2):
         a, b = original == value, restored == value
         assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
-
-
-def test_nearest_neighbour_label_resampling_is_exact_on_the_same_grid():
-    _, labels = phantom(**GRIDS["oblique-anisotropic"])
-    assert np.array_equal(sitk.GetArrayFromImage(resample_labels(labels, labels)), sitk.GetArrayFromImage(labels))
 
 
 def test_fs_model_works_at_its_own_spacing_and_as_fsnr_at_the_native_one():
