@@ -1,40 +1,118 @@
 """Training lowers the loss, resumes where it stopped, runs the baselines, and runs under torchrun (gloo)."""
 
+import _thread
 import os
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
+from HyperSpaceSegmentationLib.cli import main
 from HyperSpaceSegmentationLib.io.model_file import load_model
 from HyperSpaceSegmentationLib.preprocessing import Normalisation
 from HyperSpaceSegmentationLib.training import TrainConfig, train
-from HyperSpaceSegmentationLib.training.dataset import load_dataset
-from HyperSpaceSegmentationLib.training.sampling import LoadedCase, PatchSampler, SamplingConfig
-from HyperSpaceSegmentationLib.training.trainer import loss_history, polynomial_schedule
+from HyperSpaceSegmentationLib.training.dataset import Case, load_dataset
+from HyperSpaceSegmentationLib.training.sampling import IGNORE, LoadedCase, PatchSampler, SamplingConfig, read_case
+from HyperSpaceSegmentationLib.training.trainer import dice_ce_loss, loss_history, polynomial_schedule
 
 SMALL = dict(patch=16, batch_size=4, features=(4, 8, 8, 16), rank=2, hidden=16, device="cpu")
 
 
 def test_patches_follow_the_drawn_spacing(dataset_json):
     dataset = load_dataset(dataset_json)
-    cases = [LoadedCase(c, Normalisation("mr"), [0, 1, 2], 3) for c in dataset.training]
+    cases = [LoadedCase(*read_case(c, [0, 1, 2], 3), Normalisation("mr")) for c in dataset.training]
     sampler = PatchSampler(cases, SamplingConfig((16, 24, 32), 0.8, 3.5, augment=False, foreground_fraction=1.0))
     rng = np.random.default_rng(1)
     spacings = []
     for _ in range(20):
         image, labels, spacing = sampler.sample(rng)
         assert image.shape == labels.shape == (16, 24, 32)
-        assert labels.max() <= 2 and labels.any()  # foreground oversampling hits the phantom
+        assert set(np.unique(labels)) <= {0, 1, 2, IGNORE} and np.isin(labels, (1, 2)).any()  # hits the phantom
         spacings.append(spacing)
     spacings = np.array(spacings)
     assert spacings.min() >= 0.8 and spacings.max() <= 3.5
     assert (np.ptp(spacings, axis=1) > 0.1).any()  # anisotropic draws
     fixed = PatchSampler(cases, SamplingConfig((16, 16, 16), 0.8, 3.5, fixed_spacing=(1.5, 1.5, 1.5)))
     assert np.allclose(fixed.sample(rng)[2], 1.5)
+
+
+def _case(folder, image: np.ndarray, labels: np.ndarray, spacing) -> Case:
+    """A training case written to ``folder`` from arrays (array-axis order) at ``spacing`` (x, y, z)."""
+    paths = []
+    for name, array in (("image", image), ("label", labels)):
+        volume = sitk.GetImageFromArray(array)
+        volume.SetSpacing(spacing)
+        paths.append(folder / f"{name}.nii.gz")
+        sitk.WriteImage(volume, str(paths[-1]))
+    return Case("synthetic", *paths)
+
+
+def test_patches_beyond_a_small_ct_are_air_and_ignored(tmp_path):
+    """A CT smaller than a coarse patch: what lies beyond it is air and teaches nothing, never 'background'."""
+    rng = np.random.default_rng(0)
+    grid = np.indices((24, 24, 24)) - 11.5
+    labels = np.ones((24, 24, 24), np.uint8)  # soft tissue fills the scan
+    labels[(grid ** 2).sum(0) < 36] = 2  # a bone sphere in its middle
+    image = np.where(labels == 2, 700.0, 40.0) + rng.normal(0, 10, labels.shape)
+    normalisation = Normalisation("ct", clip_low=-1000.0, clip_high=1500.0, mean=40.0, std=200.0)
+    case = LoadedCase(*read_case(_case(tmp_path, image.astype(np.float32), labels, (1.0,) * 3), [0, 1, 2], 3), normalisation)
+    coarse = PatchSampler([case], SamplingConfig((16, 16, 16), 0.8, 3.5, fixed_spacing=(3.0, 3.0, 3.0), augment=False))
+    for _ in range(5):
+        patch, patch_labels, _ = coarse.sample(rng)
+        outside = patch_labels == IGNORE
+        assert 0.5 < outside.mean() < 1  # a 48 mm patch around a point of a 24 mm scan
+        assert np.all(patch[outside] == pytest.approx(normalisation.outside_value))  # air, not mean tissue
+        assert set(np.unique(patch_labels[~outside])) <= {1, 2}  # no voxel of the scan is background
+        assert patch[~outside].min() > normalisation.outside_value + 2
+
+
+def test_ignored_voxels_change_neither_loss_nor_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 6, 6, 8))
+    target[..., 5:] = IGNORE
+    loss = dice_ce_loss(logits, target)
+    assert loss.item() == pytest.approx(dice_ce_loss(logits[..., :5], target[..., :5]).item(), rel=1e-5)
+    changed = logits.detach().clone()
+    changed[..., 5:] = torch.randn(2, 3, 6, 6, 3) * 10
+    assert dice_ce_loss(changed, target).item() == pytest.approx(loss.item(), rel=1e-5)
+    loss.backward()
+    assert torch.all(logits.grad[..., 5:] == 0) and torch.any(logits.grad[..., :5] != 0)
+
+
+def _bar_angles(sampler: PatchSampler, samples: int) -> np.ndarray:
+    """Angle (degrees) between the last array axis and the long axis of the bar in each sampled patch."""
+    rng = np.random.default_rng(3)
+    angles = []
+    for _ in range(samples):
+        _, labels, _ = sampler.sample(rng)
+        points = np.argwhere(labels == 1).astype(float)
+        points -= points.mean(0)
+        axis = np.linalg.eigh(points.T @ points)[1][:, -1]
+        angles.append(np.degrees(np.arccos(min(abs(axis[-1]), 1.0))))
+    return np.array(angles)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_augmentation_rotates_2d_and_3d_patches(tmp_path, dim):
+    """A bar along x in the image lies at varying angles in augmented patches (up to 15 degrees per plane)."""
+    shape = (64, 64) if dim == 2 else (40, 40, 64)
+    labels = np.zeros(shape, np.uint8)
+    labels[(slice(17, 23),) * (dim - 1)] = 1  # a bar along the last array axis (x), 6 voxels thick
+    image = labels * 100.0 + 10.0
+    case = LoadedCase(*read_case(_case(tmp_path, image.astype(np.float32), labels, (1.0,) * dim), [0, 1], dim),
+                      Normalisation("mr"))
+    config = dict(patch=(32,) * dim, spacing_min=0.8, spacing_max=3.5, fixed_spacing=(1.0,) * dim,
+                  foreground_fraction=1.0)
+    assert _bar_angles(PatchSampler([case], SamplingConfig(**config, augment=False)), 3).max() < 1
+    angles = _bar_angles(PatchSampler([case], SamplingConfig(**config)), 16)
+    assert angles.max() > 6 and np.percentile(angles, 75) > 3 and angles.max() < 30
 
 
 def test_training_lowers_the_loss_and_the_model_segments(dataset_json, tmp_path):
@@ -49,16 +127,65 @@ def test_training_lowers_the_loss_and_the_model_segments(dataset_json, tmp_path)
     assert model.training["iterations"] == 60
 
 
-def test_resume_continues_from_the_checkpoint(dataset_json, tmp_path):
-    config = TrainConfig(dataset=str(dataset_json), output=str(tmp_path / "run"), iterations=4,
-                         checkpoint_every=2, **SMALL)
-    train(config, quiet=True)
-    config.iterations = 6
-    train(config, resume=True, quiet=True)
-    history = loss_history(tmp_path / "run")
-    assert len(history) == 6
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert state["step"] == 6
+def _interrupt_at_the_first_checkpoint(config: TrainConfig) -> None:
+    """Train until a checkpoint is written, then stop the run as Ctrl-C would."""
+    checkpoint = Path(config.output) / "checkpoint.pt"
+
+    def interrupt() -> None:
+        while not checkpoint.exists():
+            time.sleep(0.002)
+        _thread.interrupt_main()
+
+    watcher = threading.Thread(target=interrupt, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        train(config, quiet=True)
+    watcher.join()
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise-reproducible CPU kernels: multi-threaded reductions may differ in the last bit from run to run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_resume_continues_the_run_exactly_as_if_uninterrupted(dataset_json, tmp_path, capsys, one_thread):
+    """An interrupted run resumed on the command line without options ends in the state of an uninterrupted one."""
+    settings = dict(dataset=str(dataset_json), iterations=10, checkpoint_every=2, **SMALL)
+    _interrupt_at_the_first_checkpoint(TrainConfig(output=str(tmp_path / "interrupted"), **settings))
+    stopped_at = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["step"]
+    assert 2 <= stopped_at < 10
+    capsys.readouterr()
+    assert main(["train", "-o", str(tmp_path / "interrupted"), "--resume", "--quiet"]) == 0  # no --iterations
+    assert f"resuming {tmp_path / 'interrupted'} at step {stopped_at} of 10 with the checkpoint's settings" in capsys.readouterr().err
+    train(TrainConfig(output=str(tmp_path / "straight"), **settings), quiet=True)
+    resumed, straight = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False) for run in ("interrupted", "straight"))
+    assert resumed["step"] == straight["step"] == 10
+    assert resumed["history"] == pytest.approx(straight["history"], rel=1e-5)
+    for name, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value, rtol=1e-5, atol=1e-7)
+    for key, state in straight["optimizer"]["state"].items():  # Adam's moments and step counts
+        for name, value in state.items():
+            torch.testing.assert_close(resumed["optimizer"]["state"][key][name], value, rtol=1e-5, atol=1e-9)
+    assert [g["lr"] for g in resumed["optimizer"]["param_groups"]] == [g["lr"] for g in straight["optimizer"]["param_groups"]]
+    assert load_model(tmp_path / "interrupted" / "model.pt").training["iterations"] == 10
+
+
+def test_resume_refuses_options_that_conflict_with_the_checkpoint(dataset_json, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(TrainConfig(dataset=str(dataset_json), output=str(run), iterations=2, **SMALL), quiet=True)
+    for options, words in ((["--patch", "32"], "--patch"), (["--iterations", "1"], "below the checkpoint's step 2"),
+                           (["--method", "as"], "--method"), (["--no-augment"], "--no-augment")):
+        capsys.readouterr()
+        assert main(["train", "-o", str(run), "--resume", "--quiet", *options]) == 2
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("hyperspace: error: --resume: ") and words in error and "\n" not in error
+    # an extended run: more iterations continue from the checkpoint
+    assert main(["train", str(dataset_json), "-o", str(run), "--resume", "--quiet", "--iterations", "3", "--patch", "16"]) == 0
+    assert len(loss_history(run)) == 3
 
 
 @pytest.mark.parametrize("first_step", [0, 30])

@@ -33,7 +33,7 @@ class HyperConfig:
 
     hidden: int = 64
     hidden_layers: int = 3
-    rank: int = 6
+    rank: int = 4
     spacing_min: float = 0.8
     spacing_max: float = 3.5
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from ..errors import UserError
 
+MODALITIES = ("mr", "ct")  # the intensity normalisations that preprocessing implements
+
 
 @dataclass(frozen=True)
 class Case:
@@ -59,9 +61,15 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         raise UserError(f"dataset file {path}: 'labels' needs background 0 and at least one more label")
     if max(labels) > 255 or min(labels) < 0:
         raise UserError(f"dataset file {path}: label values must lie in 0-255")
+    if len(labels) > 255:
+        raise UserError(f"dataset file {path}: {len(labels)} labels; at most 255 are supported")
+    modality = str(spec["modality"]).lower()
+    if modality not in MODALITIES:
+        raise UserError(f"dataset file {path}: modality {spec['modality']!r} is not supported: use \"mr\" "
+                        "(z-scored per image) or \"ct\" (Hounsfield window of the training set)")
     return Dataset(
         task=str(spec.get("task", path.stem)),
-        modality=str(spec["modality"]).lower(),
+        modality=modality,
         labels=labels,
         training=_cases(spec["training"], path, "training"),
         validation=_cases(spec.get("validation", []), path, "validation"),

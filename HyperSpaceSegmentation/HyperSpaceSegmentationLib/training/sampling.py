@@ -6,10 +6,14 @@ rotation, scaling and (sometimes) elastic deformation. The patch grid (``patch``
 then filled in one resampling pass from a crop of the normalised case, smoothed first so that a coarse patch
 looks like a coarse acquisition (the same anti-aliasing as inference). Intensity augmentation follows:
 contrast, brightness, gamma, a smooth multiplicative field, noise and extra blur; then random flips.
+
+Patch voxels beyond the image get the modality's outside intensity (``Normalisation.outside_value``: air for
+CT) and the label ``IGNORE``, which the loss skips: what lies outside a scan teaches the model nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -18,10 +22,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..geometry import antialias_sigmas, canonical, smooth
+from ..errors import UserError
+from ..geometry import antialias_sigmas, canonical, grid_difference, smooth
 from ..io.images import check_image, read_image
 from ..preprocessing import Normalisation
 from .dataset import Case
+
+IGNORE = 255
+"""Label of patch voxels outside the image: excluded from the loss (a class index never reaches it)."""
 
 
 @dataclass(frozen=True)
@@ -34,26 +42,52 @@ class SamplingConfig:
     augment: bool = True
 
 
+def read_case(case: Case, label_values: Sequence[int], dim: int) -> tuple[sitk.Image, np.ndarray]:
+    """The case's image (LPS axes) and its label map as class indices (positions in ``label_values``).
+
+    A label map that is not a label map of this image (another grid, non-integer values, values the dataset
+    JSON does not declare) is a one-line ``UserError`` naming the case and the file.
+    """
+    image = read_image(case.image)
+    check_image(image, str(case.image), dim)
+    label_image = read_image(case.label)
+    where = f"case {case.id}: label map {case.label}"
+    if label_image.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{where} has {label_image.GetNumberOfComponentsPerPixel()} components per voxel: "
+                        "give a single-channel label map")
+    difference = grid_difference(image, label_image)
+    if difference:
+        raise UserError(f"{where} is not on the grid of its image {case.image} ({difference}): "
+                        "resample it onto the image's grid (nearest neighbour)")
+    values = sitk.GetArrayFromImage(canonical(label_image))
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        raise UserError(f"{where} holds non-integer values (is it an intensity image?): give a label map")
+    present = np.unique(values).astype(np.int64)
+    unknown = sorted(set(present.tolist()) - set(label_values))
+    if unknown:
+        shown = ", ".join(map(str, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        hint = " (is it an intensity image?)" if len(unknown) > 5 else ""
+        raise UserError(f"{where} holds label values {shown} that the dataset JSON does not declare{hint}: "
+                        f"add them to 'labels' ({', '.join(map(str, label_values))} now) or fix the label map")
+    lookup = np.zeros(int(present.max()) + 1, dtype=np.uint8)
+    for index, value in enumerate(label_values):
+        if value < len(lookup):
+            lookup[value] = index
+    return canonical(image), lookup[values.astype(np.int64)]
+
+
 class LoadedCase:
     """A training case held in memory: normalised image, labels as class indices, foreground voxels."""
 
-    def __init__(self, case: Case, normalisation: Normalisation, label_values: Sequence[int], dim: int) -> None:
-        image = canonical(read_image(case.image))
-        check_image(image, str(case.image), dim)
-        labels = canonical(read_image(case.label))
-        array = normalisation.apply(sitk.GetArrayViewFromImage(image))
-        self.image = sitk.GetImageFromArray(array)
+    def __init__(self, image: sitk.Image, classes: np.ndarray, normalisation: Normalisation) -> None:
+        self.image = sitk.GetImageFromArray(normalisation.apply(sitk.GetArrayViewFromImage(image)))
         self.image.CopyInformation(image)
-        label_array = sitk.GetArrayFromImage(labels).astype(np.int64)
-        lookup = np.zeros(max(int(label_array.max()), max(label_values)) + 1, dtype=np.uint8)
-        for index, value in enumerate(label_values):
-            lookup[value] = index
-        classes = lookup[label_array]
+        self.outside_value = normalisation.outside_value
         self.labels = sitk.GetImageFromArray(classes)
         self.labels.CopyInformation(image)
         rng = np.random.default_rng(0)
         self.foreground = []
-        for index in range(1, len(label_values)):
+        for index in range(1, int(classes.max()) + 1):
             voxels = np.argwhere(classes == index)
             if len(voxels) > 20000:
                 voxels = voxels[rng.choice(len(voxels), 20000, replace=False)]
@@ -103,8 +137,9 @@ class PatchSampler:
             sigmas = [s + rng.uniform(0.25, 0.75) * sp for s, sp in zip(sigmas, spacing)]
         radius = 0.5 * float(np.linalg.norm(spacing * patch)) * max(scale, 1.0) * 1.3 + 4 * max(sigmas) + 4
         image_crop, label_crop = _crop(case.image, centre, radius), _crop(case.labels, centre, radius)
-        image = sitk.Resample(smooth(image_crop, sigmas), reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        labels = sitk.Resample(label_crop, reference, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        image = sitk.Resample(smooth(image_crop, sigmas), reference, transform, sitk.sitkLinear, case.outside_value,
+                              sitk.sitkFloat32)
+        labels = sitk.Resample(label_crop, reference, transform, sitk.sitkNearestNeighbor, IGNORE, sitk.sitkUInt8)
         image_array = sitk.GetArrayFromImage(image)
         label_array = sitk.GetArrayFromImage(labels)
         if augment:
@@ -124,15 +159,16 @@ class PatchSampler:
 
 
 def _random_matrix(dim: int, rng: np.random.Generator) -> np.ndarray:
-    """Rotation of up to 15 degrees about each axis times a scaling of 0.85-1.15 (slightly anisotropic)."""
-    angles = np.radians(rng.uniform(-15, 15, 3 if dim == 3 else 1))
+    """Rotation of up to 15 degrees in each axis plane (the one plane in 2D) times a scaling of 0.85-1.15
+    (slightly anisotropic)."""
+    planes = [(1, 2), (0, 2), (0, 1)] if dim == 3 else [(0, 1)]
     rotation = np.eye(dim)
-    for axis, angle in enumerate(angles):
+    for i, j in planes:
+        angle = math.radians(rng.uniform(-15, 15))
         c, s = math.cos(angle), math.sin(angle)
-        r = np.eye(3)
-        i, j = [(1, 2), (0, 2), (0, 1)][axis]
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        rotation = rotation @ (r if dim == 3 else r[:2, :2])
+        plane_rotation = np.eye(dim)
+        plane_rotation[i, i], plane_rotation[i, j], plane_rotation[j, i], plane_rotation[j, j] = c, -s, s, c
+        rotation = rotation @ plane_rotation
     scale = rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, dim)
     return rotation @ np.diag(scale)
 
@@ -176,18 +212,26 @@ def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 class PatchStream(torch.utils.data.IterableDataset):
-    """Endless batches from a sampler; each process and loader worker draws from its own random stream."""
+    """Endless batches from a sampler, from ``first_step`` on.
 
-    def __init__(self, sampler: PatchSampler, batch_size: int, seed: int) -> None:
+    The batch of each step (and process) is drawn from its own random stream, so the batches do not depend on
+    the number of loader workers, and a resumed run draws exactly the batches the uninterrupted one would.
+    """
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, seed: int, rank: int = 0, first_step: int = 0) -> None:
         super().__init__()
         self.sampler = sampler
         self.batch_size = batch_size
         self.seed = seed
+        self.rank = rank
+        self.first_step = first_step
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
-        while True:
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        # the loader takes batches from its workers in turn: worker w serves steps first + w, first + w + workers, ...
+        for step in itertools.count(self.first_step + worker, workers):
+            rng = np.random.default_rng([self.seed, self.rank, step])
             samples = [self.sampler.sample(rng) for _ in range(self.batch_size)]
             images, labels, spacings = zip(*samples)
             yield (

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..io.images import atomic_output, read_image
-from ..io.model_file import SegmentationModel, build_network, save_model
+from ..evaluation.metrics import METRICS, Comparison, compute
+from ..inference import Segmenter, SpacingRequest
+from ..io.images import atomic_output, check_writable
+from ..io.model_file import METHODS, SegmentationModel, build_network, save_model
 from ..networks import HyperConfig, HyperSpaceNet, UNetConfig
 from ..preprocessing import fit_normalisation
+from ..progress import Reporter
 from ..system import resolve_device
 from .dataset import load_dataset
-from .sampling import LoadedCase, PatchSampler, PatchStream, SamplingConfig
+from .sampling import IGNORE, LoadedCase, PatchSampler, PatchStream, SamplingConfig, read_case
 
 
 @dataclass
@@ -56,12 +60,77 @@ class TrainConfig:
     augment: bool = True
     notes: dict = field(default_factory=dict)
 
+    def check(self) -> None:
+        """Reject settings that cannot give a sensible run, with a one-line ``UserError`` naming the option."""
+        if self.method not in METHODS:
+            raise UserError(f"--method {self.method}: choose one of {', '.join(METHODS)}")
+        if self.method == "fs" and self.fixed_spacing is None:
+            raise UserError("--method fs needs --fixed-spacing MM (the one spacing it trains and segments at)")
+        if self.method != "fs" and self.fixed_spacing is not None:
+            raise UserError(f"--fixed-spacing applies to --method fs only, not {self.method}: drop it, or add --method fs")
+        if not 0 < self.spacing_min <= self.spacing_max:
+            raise UserError(f"--spacing-range {self.spacing_min:g} {self.spacing_max:g}: give 0 < MIN <= MAX in mm")
+        if self.fixed_spacing is not None and not self.fixed_spacing > 0:
+            raise UserError(f"--fixed-spacing {self.fixed_spacing:g}: give a positive spacing in mm")
+        if not self.features or min(self.features) < 1:
+            raise UserError(f"--features {' '.join(map(str, self.features))}: give positive feature counts, one per level")
+        divisor = UNetConfig(self.dim, features=tuple(self.features)).divisor
+        if self.patch < 2 * divisor or self.patch % divisor:
+            raise UserError(f"--patch {self.patch}: a {len(self.features)}-level network needs a multiple of {divisor} "
+                            f"of at least {2 * divisor} voxels, such as {max(2, round(self.patch / divisor)) * divisor}")
+        for option, value in (("--iterations", self.iterations), ("--batch-size", self.batch_size),
+                              ("--checkpoint-every", self.checkpoint_every), ("--rank", self.rank)):
+            if value < 1:
+                raise UserError(f"{option} {value}: give 1 or more")
+        if not self.learning_rate > 0:
+            raise UserError(f"--learning-rate {self.learning_rate:g}: give a positive rate, such as 2e-3")
+        if self.workers < 0:
+            raise UserError(f"--workers {self.workers}: give 0 (load patches in the main process) or more")
+
+
+# settings a resumed run may change: how it runs, and (extending the run) how long
+_CHANGEABLE_ON_RESUME = {"output", "iterations", "workers", "checkpoint_every", "device", "notes"}
+
+
+def resumed_config(output: str | os.PathLike, options: dict) -> TrainConfig:
+    """The configuration saved in ``output``'s checkpoint, with the explicitly given ``options`` applied.
+
+    ``train(..., resume=True)`` then refuses any option that conflicts with the checkpoint.
+    """
+    saved = _load_checkpoint(Path(output) / "checkpoint.pt")["config"]
+    return TrainConfig(**{**saved, **options, "output": str(output)})
+
+
+def _check_resume(config: TrainConfig, saved: TrainConfig, step: int) -> None:
+    """A resumed run continues the checkpoint's run: only ``_CHANGEABLE_ON_RESUME`` settings may differ."""
+    for name in (f.name for f in fields(TrainConfig)):
+        if name in _CHANGEABLE_ON_RESUME:
+            continue
+        given, kept = getattr(config, name), getattr(saved, name)
+        if name == "dataset":
+            given, kept = Path(given).resolve(), Path(kept).resolve()
+        if name == "features":
+            given, kept = tuple(given), tuple(kept)
+        if given != kept:
+            option = {"spacing_min": "--spacing-range", "spacing_max": "--spacing-range", "augment": "--no-augment",
+                      "dataset": "DATASET"}.get(name, "--" + name.replace("_", "-"))
+            raise UserError(f"--resume: {option} ({name} {given}) conflicts with the checkpoint's {kept}: "
+                            "leave it out to continue the run as it was, or train a new run in another folder")
+    if config.iterations < step:
+        raise UserError(f"--resume: --iterations {config.iterations} is below the checkpoint's step {step}: "
+                        f"give {step} or more (or leave it out to finish the run as planned)")
+
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy plus soft Dice over the batch, averaged over the foreground classes."""
-    ce = F.cross_entropy(logits, target)
-    probabilities = torch.softmax(logits, dim=1)
-    one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
+    """Cross-entropy plus soft Dice over the batch, averaged over the foreground classes.
+
+    Voxels labelled ``IGNORE`` (outside the image) count in neither term.
+    """
+    valid = target != IGNORE
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum") / valid.sum().clamp(min=1)
+    mask = valid.unsqueeze(1).float()
+    probabilities = torch.softmax(logits, dim=1) * mask
+    one_hot = F.one_hot(torch.where(valid, target, 0), logits.shape[1]).movedim(-1, 1).float() * mask
     axes = [0] + list(range(2, logits.ndim))
     intersection = (probabilities * one_hot).sum(axes)
     total = probabilities.sum(axes) + one_hot.sum(axes)
@@ -85,30 +154,38 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
-    """Train a model as ``config`` says and write ``output/model.pt``; returns its path."""
+    """Train a model as ``config`` says and write ``output/model.pt``; returns its path.
+
+    With ``resume``, the run continues from ``output/checkpoint.pt``: ``config`` must agree with the checkpoint's
+    configuration (see ``resumed_config``) except for how the run is executed and a longer ``iterations``.
+    """
+    config.check()
+    config = replace(config, dataset=str(Path(config.dataset).resolve()), features=tuple(config.features))
     output = Path(config.output)
     checkpoint_path, model_path = output / "checkpoint.pt", output / "model.pt"
     rank, world, local_rank = _distributed()
+    _prepare_output(output)
     if model_path.exists() and not (overwrite or resume):
         raise UserError(f"{model_path} exists: pass --overwrite to train again or --resume to continue")
-    if resume and not checkpoint_path.exists():
-        raise UserError(f"--resume: no checkpoint at {checkpoint_path}; start without --resume")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if resume else None
+    checkpoint = _load_checkpoint(checkpoint_path) if resume else None
     if checkpoint:
-        config = TrainConfig(**{**checkpoint["config"], "iterations": config.iterations, "output": config.output})
-    if config.method == "fs" and config.fixed_spacing is None:
-        raise UserError("--method fs needs --fixed-spacing MM (the one spacing it trains and segments at)")
+        _check_resume(config, TrainConfig(**checkpoint["config"]), checkpoint["step"])
     device = resolve_device(config.device, local_rank)
+    dataset = load_dataset(config.dataset)
+    label_values = sorted(dataset.labels)
+    # every case is read and checked before any training
+    training = [read_case(case, label_values, config.dim) for case in dataset.training]
+    validation = [(case.id, *read_case(case, label_values, config.dim)) for case in dataset.validation]
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _seed(config.seed + rank)
 
-    dataset = load_dataset(config.dataset)
-    label_values = sorted(dataset.labels)
-    normalisation = fit_normalisation(dataset.modality, _foreground_samples(dataset) if dataset.modality == "ct" else [])
-    cases = [LoadedCase(case, normalisation, label_values, config.dim) for case in dataset.training]
+    normalisation = fit_normalisation(
+        dataset.modality, [(sitk.GetArrayViewFromImage(image), classes) for image, classes in training]
+    )
+    cases = [LoadedCase(image, classes, normalisation) for image, classes in training]
     fixed = (config.fixed_spacing,) * config.dim if config.fixed_spacing else None
     sampler = PatchSampler(cases, SamplingConfig(
         (config.patch,) * config.dim, config.spacing_min, config.spacing_max, fixed, augment=config.augment,
@@ -122,21 +199,22 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
     )
     trainable = model.trainable()
     optimizer = torch.optim.Adam(trainable.parameters(), lr=config.learning_rate)
-    step, history = 0, []
+    step, history, validation_history = 0, [], []
     if checkpoint:
         trainable.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step, history = checkpoint["step"], checkpoint["history"]
+        validation_history = checkpoint.get("validation", [])
+        if rank == 0:
+            print(f"resuming {output} at step {step} of {config.iterations} with the checkpoint's settings: "
+                  f"{_describe(config)}", file=sys.stderr, flush=True)
     schedule = polynomial_schedule(optimizer, step, config.iterations)
     wrapped = torch.nn.parallel.DistributedDataParallel(
         network, device_ids=[local_rank] if device.type == "cuda" else None
     ) if world > 1 else network
-    # a resumed run draws new patches rather than replaying the first ones
-    stream = PatchStream(sampler, config.batch_size, seed=config.seed * 7919 + rank * 104729 + step)
+    stream = PatchStream(sampler, config.batch_size, config.seed, rank, first_step=step)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                          persistent_workers=config.workers > 0)
-    if rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=config.iterations, initial=step, desc=f"train {config.method}", disable=quiet or rank != 0,
                dynamic_ncols=True, mininterval=2.0)
     network.train()
@@ -156,7 +234,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(history[-20:]):.3f}")
         if rank == 0 and (step % config.checkpoint_every == 0 or step == config.iterations):
-            _save_checkpoint(checkpoint_path, config, trainable, optimizer, step, history)
+            if validation:
+                dice = validation_dice(model, validation, device)
+                validation_history.append({"step": step, "dice": dice})
+                if not quiet:
+                    for line in _dice_lines(dice):
+                        bar.write(f"validation at step {step}, {line}", file=sys.stderr)
+            _save_checkpoint(checkpoint_path, config, trainable, optimizer, step, history, validation_history)
     bar.close()
     if rank == 0:
         model.training = {
@@ -164,6 +248,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
             "device": device.type, "seconds": round(time.perf_counter() - start, 1),
             "final_loss": float(np.mean(history[-50:])), "config": _json_config(config), **config.notes,
         }
+        if validation_history:
+            model.training["validation_dice"] = validation_history[-1]["dice"]
+            model.training["validation_history"] = validation_history
         network.eval()
         save_model(model, model_path, overwrite=True)
     if world > 1:
@@ -172,20 +259,79 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
     return model_path
 
 
-def _foreground_samples(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [
-        (sitk.GetArrayFromImage(read_image(c.image)), sitk.GetArrayFromImage(read_image(c.label)))
-        for c in dataset.training
-    ]
+def validation_dice(
+    model: SegmentationModel, cases: list[tuple[str, sitk.Image, np.ndarray]], device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """Mean Dice per class over the validation cases, segmented as ``hyperspace segment`` would.
+
+    HyperSpace and AS models are scored at each case's native spacing and at the coarse end of the trained
+    range, an FS model at its fixed spacing. Returns ``{spacing: {class name: Dice}}``.
+    """
+    segmenter = Segmenter(model, device=str(device))
+    if model.method == "fs":
+        requests = {f"{model.fixed_spacing[0]:g} mm (fixed)": SpacingRequest("model")}
+    else:
+        requests = {"native": SpacingRequest("native"),
+                    f"{model.spacing_range[1]:g} mm": SpacingRequest("explicit", (model.spacing_range[1],))}
+    values = sorted(model.labels)
+    network_mode = model.network.training
+    model.network.eval()
+    scores: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for name, request in requests.items():
+            per_class: dict[str, list[float]] = {model.labels[v]: [] for v in values[1:]}
+            for _, image, classes in cases:
+                spacing = segmenter.choose_spacing(image, request).spacing
+                predicted = sitk.GetArrayFromImage(segmenter.segment(image, spacing, Reporter(3, quiet=True)))
+                spacing_zyx = tuple(reversed(image.GetSpacing()))
+                for index, value in enumerate(values[1:], start=1):
+                    comparison = Comparison(classes == index, predicted == value, spacing_zyx)
+                    per_class[model.labels[value]].append(compute(METRICS["dice"], comparison))
+            scores[name] = {label: round(float(np.mean(dice)), 4) for label, dice in per_class.items()}
+    model.network.train(network_mode)
+    return scores
+
+
+def _dice_lines(dice: dict[str, dict[str, float]]) -> list[str]:
+    """One line per spacing: ``native: Dice CSF 0.81, grey matter 0.77``."""
+    return [f"{spacing}: Dice " + ", ".join(f"{name} {value:.3f}" for name, value in per_class.items())
+            for spacing, per_class in dice.items()]
+
+
+def _describe(config: TrainConfig) -> str:
+    spacing = (f"fixed spacing {config.fixed_spacing:g} mm" if config.fixed_spacing
+               else f"spacing {config.spacing_min:g}-{config.spacing_max:g} mm")
+    return (f"method {config.method}, {config.dim}D, {spacing}, patch {config.patch}, batch {config.batch_size}, "
+            f"learning rate {config.learning_rate:g}, features {' '.join(map(str, config.features))}, "
+            f"seed {config.seed}, iterations {config.iterations}")
+
+
+def _prepare_output(output: Path) -> None:
+    """Create the run folder and make sure files can be written in it, before any work."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output} is a file: give a folder for the run (-o)")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the run folder {output} ({error.strerror or type(error).__name__}): "
+                        "choose a folder you can write in (-o)") from None
+    check_writable(output / "model.pt", overwrite=True)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _json_config(config: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-def _save_checkpoint(path: Path, config, trainable, optimizer, step: int, history: list[float]) -> None:
+def _save_checkpoint(path: Path, config, trainable, optimizer, step: int, history: list[float],
+                     validation: list[dict]) -> None:
     state = {"config": asdict(config), "model": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-             "step": step, "history": history}
+             "step": step, "history": history, "validation": validation}
     with atomic_output(path, overwrite=True) as temporary:
         torch.save(state, temporary)
 
