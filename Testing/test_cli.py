@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, main
+from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN, main
 from HyperSpaceSegmentationLib.io.model_file import save_model
 
 from conftest import OBLIQUE, phantom, tiny_model
@@ -206,7 +206,7 @@ def test_demo_segments_the_sample_at_two_spacings_sensibly(tmp_path, capsys):
 
     code, out, err = run(capsys, "demo", "--output-dir", tmp_path / "demo")
     assert code == 0, err
-    sample = sitk.ReadImage(str(Path(DEFAULT_MODEL).parents[1] / "Samples" / "MNI152-T1-1.5mm.nrrd"))
+    sample = sitk.ReadImage(str(SAMPLE_SCAN))
     brain = sitk.GetArrayFromImage(sample).transpose(2, 1, 0) > 20
     for name in ("native-1.5mm", "coarse-3mm"):
         segmentation = slicerio.read_segmentation(str(tmp_path / "demo" / f"{name}.seg.nrrd"))

@@ -1,25 +1,35 @@
-"""The Slicer extension's packaging: every file listed, the catalog entry valid, sizes within the index's rules."""
+"""Packaging: every Slicer module file listed, the catalog entry valid, sizes within the index's rules, and a
+wheel built from the repository that runs on its own."""
 
-import importlib
+import ast
 import json
-import pkgutil
+import os
 import re
+import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = ROOT / "HyperSpaceSegmentation"
+ENGINE = MODULE / "HyperSpaceSegmentationLib"
+UNIX_ONLY_MODULES = {"resource", "fcntl", "termios", "pwd", "grp", "posix"}
 
 
 def tracked(pattern: str) -> list[str]:
-    result = subprocess.run(["git", "ls-files", pattern], cwd=ROOT, capture_output=True, text=True)
+    """The files git would commit under ``pattern`` (tracked or new, not ignored) that exist."""
+    result = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", pattern],
+                            cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip("not a git checkout")
-    return result.stdout.split()
+    return [f for f in result.stdout.splitlines() if (ROOT / f).is_file()]
 
 
 def test_every_module_file_is_listed_in_cmake():
@@ -47,7 +57,7 @@ def test_catalog_entry_matches_the_extension():
 def test_repository_stays_small():
     sizes = [(ROOT / f).stat().st_size for f in tracked(".") if (ROOT / f).is_file()]
     assert sum(sizes) < 100 * 2**20
-    for model in (MODULE / "Resources" / "Models").glob("*.pt"):
+    for model in (ENGINE / "resources" / "models").glob("*.pt"):
         assert model.stat().st_size <= 10 * 2**20
         card = model.with_suffix(".md").read_text()
         assert "Copyright (C) 1993-2009 Louis Collins" in card and "spacing" in card.lower()
@@ -55,13 +65,65 @@ def test_repository_stays_small():
 
 
 def test_engine_imports_without_slicer():
-    import HyperSpaceSegmentationLib as lib
+    """Every engine module imports without importing slicer, in a fresh interpreter (other tests import slicer)."""
+    script = ("import importlib, pkgutil, sys, HyperSpaceSegmentationLib as lib\n"
+              "for module in pkgutil.walk_packages(lib.__path__, 'HyperSpaceSegmentationLib.'):\n"
+              "    importlib.import_module(module.name)\n"
+              "sys.exit('slicer' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr or "importing the engine imported slicer"
 
-    for module in pkgutil.walk_packages(lib.__path__, "HyperSpaceSegmentationLib."):
-        importlib.import_module(module.name)
-    assert "slicer" not in sys.modules
+
+def test_slicer_requirements_declare_the_same_bounds_as_the_package():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {re.split("[<>=]", d)[0].lower(): d for d in project["dependencies"]}
+    lines = (MODULE / "Resources" / "requirements.txt").read_text().splitlines()
+    required = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert required and all(declared[re.split("[<>=]", r)[0].lower()] == r for r in required)
 
 
 def test_console_script_entry_point():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["hyperspace"] == "HyperSpaceSegmentationLib.cli:main"
+
+
+def test_engine_uses_no_unix_only_modules_or_proc():
+    """The engine must start on Windows and macOS: no Unix-only imports (even inside functions), no /proc."""
+    offenders = []
+    for path in ENGINE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                names = []
+            offenders += [f"{path.name}: import {n}" for n in names if n.split(".")[0] in UNIX_ONLY_MODULES]
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "/proc/" in node.value:
+                offenders.append(f"{path.name}: reads {node.value!r}")
+    assert not offenders
+
+
+def test_wheel_built_from_the_repository_runs_the_demo(tmp_path):
+    """A non-editable install carries the embedded model and the sample: ``hyperspace demo`` works from it."""
+    source = tmp_path / "source"
+    for name in tracked("."):  # a clean copy: no build/ folder left over from an earlier build
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"),
+                    str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    target = tmp_path / "installed"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    shutil.rmtree(source)
+    script = ("import sys, HyperSpaceSegmentationLib.cli as cli; print(cli.__file__, file=sys.stderr); "
+              "sys.exit(cli.main(['demo', '--output-dir', 'results', '--device', 'cpu']))")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run([sys.executable, "-c", script], cwd=work, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(target)})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0].startswith(str(target))  # the installed copy ran, not the repository's
+    assert sorted(p.name for p in (work / "results").iterdir()) == ["coarse-3mm.seg.nrrd", "native-1.5mm.seg.nrrd"]

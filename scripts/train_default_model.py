@@ -6,7 +6,7 @@
 Steps: build the training set from the template (a 4-class tissue map from the GM/WM probability maps),
 hold out a band of axial slices for validation (training sees two slabs, above and below it), train
 HyperSpace with random spacings in 0.8-3.5 mm, score the held-out band at several spacings, then copy the
-model, the model card and the demo sample into HyperSpaceSegmentation/Resources.
+model, the model card and the demo sample into the engine's package data (HyperSpaceSegmentationLib/resources).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
 
+from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E402
 from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
@@ -36,8 +37,8 @@ COLORS = {"1": [0.35, 0.6, 0.95], "2": [0.85, 0.55, 0.45], "3": [0.95, 0.92, 0.8
 VALIDATION_BAND = (100, 126)  # axial slices (k) held out, 1 mm each
 MARGIN = 6  # slices dropped on each side of the band so no training patch centre sits next to it
 EVAL_SPACINGS = [(1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (3.5, 3.5, 3.5), (1.0, 1.0, 3.5)]
-MODELS = ROOT / "HyperSpaceSegmentation" / "Resources" / "Models"
-SAMPLES = ROOT / "HyperSpaceSegmentation" / "Resources" / "Samples"
+MODELS = DEFAULT_MODEL.parent
+SAMPLES = SAMPLE_SCAN.parent
 NOTICE = """Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
 McGill University. Permission to use, copy, modify, and distribute this software and its documentation for any
 purpose and without fee is hereby granted, provided that the above copyright notice appear in all copies. The

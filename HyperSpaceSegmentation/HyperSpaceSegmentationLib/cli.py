@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from . import __version__
 from .errors import UserError
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "brain-tissue-mni152.pt"
-SAMPLE_SCAN = Path(__file__).resolve().parents[1] / "Resources" / "Samples" / "MNI152-T1-1.5mm.nrrd"
+RESOURCES = Path(__file__).resolve().parent / "resources"  # package data: installed with the engine
+DEFAULT_MODEL = RESOURCES / "models" / "brain-tissue-mni152.pt"
+SAMPLE_SCAN = RESOURCES / "samples" / "MNI152-T1-1.5mm.nrrd"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end, like every other error, in one ``hyperspace: error:`` line that says what to do."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"hyperspace: error: {message}; run '{self.prog} --help' for the options\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hyperspace",
         description="Spacing-adaptive medical image segmentation (HyperSpace): one model, any voxel spacing.",
         epilog="Run 'hyperspace COMMAND --help' for the options of each command.",
@@ -50,9 +60,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="use a spacing outside the model's trained range instead of clamping it")
     segment.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     segment.add_argument("--patch", type=int, default=None, help="sliding-window size in voxels (default 128 in 3D)")
-    segment.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    segment.add_argument("--overwrite", action="store_true",
+                         help="replace OUTPUT if it exists (without it, an OUTPUT written meanwhile by another run is kept)")
     segment.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     segment.add_argument("--quiet", action="store_true", help="no progress output")
+    segment.add_argument("--progress-lines", action="store_true",
+                         help="also print machine-readable progress on stderr, one JSON event a line after "
+                              "'HYPERSPACE_PROGRESS ' (for programs such as the Slicer module)")
 
     info = commands.add_parser("info", help="describe a model: labels, spacing range, sizes",
                                description="Describe a model file (default: the embedded model).")
@@ -71,27 +85,38 @@ def _parser() -> argparse.ArgumentParser:
         description="Train HyperSpace or a baseline on a dataset JSON (see README). For several processes or GPUs: "
                     "torchrun --nproc_per_node N $(which hyperspace) train ...",
     )
-    train.add_argument("dataset", help="dataset JSON: modality, labels, training (and validation) cases")
+    train.add_argument("dataset", nargs="?",
+                       help="dataset JSON: modality (mr or ct), labels, training and optional validation cases "
+                            "(validation Dice is reported at every checkpoint); may be left out with --resume")
     train.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt and model.pt go here")
-    train.add_argument("--method", choices=["hyperspace", "fs", "as"], default="hyperspace",
-                       help="hyperspace (spacing-conditioned), fs (fixed spacing) or as (spacing augmentation)")
-    train.add_argument("--dim", type=int, choices=[2, 3], default=3, help="2D or 3D model (default 3)")
-    train.add_argument("--spacing-range", nargs=2, type=float, default=[0.8, 3.5], metavar=("MIN", "MAX"),
+    # settings default to None so that --resume can tell the options given from the checkpoint's own settings
+    train.add_argument("--method", choices=["hyperspace", "fs", "as"], default=None,
+                       help="hyperspace (spacing-conditioned, the default), fs (fixed spacing) or as (spacing augmentation)")
+    train.add_argument("--dim", type=int, choices=[2, 3], default=None, help="2D or 3D model (default 3)")
+    train.add_argument("--spacing-range", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
                        help="random training spacing per axis in mm (default 0.8 3.5)")
-    train.add_argument("--fixed-spacing", type=float, default=None, help="the spacing of an FS model, in mm")
-    train.add_argument("--patch", type=int, default=64, help="patch edge in voxels, a multiple of 8 (default 64)")
-    train.add_argument("--batch-size", type=int, default=2, help="patches per step and process (default 2)")
-    train.add_argument("--iterations", type=int, default=1000, help="training steps (default 1000)")
-    train.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    train.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64],
+    train.add_argument("--fixed-spacing", type=float, default=None,
+                       help="the spacing of an FS model, in mm (only with --method fs)")
+    train.add_argument("--patch", type=int, default=None,
+                       help="patch edge in voxels, a multiple of 2^(levels-1) of at least twice that (default 64)")
+    train.add_argument("--batch-size", type=int, default=None, help="patches per step and process (default 2)")
+    train.add_argument("--iterations", type=int, default=None,
+                       help="training steps (default 1000); with --resume, a larger value extends the run "
+                            "(the learning-rate decay is recomputed to end there)")
+    train.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate (default 2e-3)")
+    train.add_argument("--features", type=int, nargs="+", default=None,
                        help="U-Net channels per level (default 8 16 32 64)")
-    train.add_argument("--rank", type=int, default=4, help="rank of the hypernetwork heads (default 4)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--workers", type=int, default=0, help="patch-loading processes (default 0: in the main one)")
-    train.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    train.add_argument("--no-augment", action="store_true", help="no spatial or intensity augmentation")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--rank", type=int, default=None, help="rank of the hypernetwork heads (default 4)")
+    train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    train.add_argument("--workers", type=int, default=None, help="patch-loading processes (default 0: in the main one)")
+    train.add_argument("--checkpoint-every", type=int, default=None,
+                       help="steps between checkpoints and validation (default 100)")
+    train.add_argument("--device", default=None, help="auto, cpu or cuda (default auto)")
+    train.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
+                       help="no spatial or intensity augmentation")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the run folder's checkpoint with its own settings; only --iterations "
+                            "(to extend), --workers, --checkpoint-every and --device may be given anew")
     train.add_argument("--overwrite", action="store_true", help="train again over an existing model.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate = commands.add_parser(
@@ -101,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("reference", nargs="?", help="reference label image or .seg.nrrd")
     evaluate.add_argument("prediction", nargs="?", help="predicted label image or .seg.nrrd (or probabilities in [0, 1])")
-    evaluate.add_argument("--paths-csv", help="batch: CSV with columns id, mask (reference) and prediction")
+    evaluate.add_argument("--paths-csv", help="batch: CSV with columns id, mask (reference) and prediction "
+                                              "(UTF-8, paths relative to the CSV); exits 2 if every case fails")
     evaluate.add_argument("--labels", nargs="+", metavar="L",
                           help="classes: label values (2), groups (1,2,3) or segment names; default: every label present")
     evaluate.add_argument("--config", help="MIST-style JSON: {\"classes\": {name: [labels]}, \"metrics\": [...], \"tolerance\": mm}")
@@ -109,8 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tolerance", type=float, default=None, help="surface Dice tolerance in mm (default 1.0)")
     evaluate.add_argument("--resample-to-reference", action="store_true",
                           help="resample a prediction on another grid onto the reference's (nearest neighbour)")
-    evaluate.add_argument("-o", "--output", help="write a MIST-style results.csv")
-    evaluate.add_argument("--workers", type=int, default=1, help="processes for a batch (default 1)")
+    evaluate.add_argument("-o", "--output",
+                          help="write a MIST-style results.csv (without it a batch prints the mean over cases)")
+    evaluate.add_argument("--workers", type=int, default=1, help="processes for a batch, 1 or more (default 1)")
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     return parser
@@ -130,28 +157,33 @@ def _load(path: str | None):
     from .io.model_file import load_model
 
     if path is None and not DEFAULT_MODEL.exists():
-        raise UserError(f"the embedded model {DEFAULT_MODEL} is missing: install from the repository with "
-                        "'pip install -e .', or pass --model")
+        raise UserError(f"the embedded model {DEFAULT_MODEL} is missing: reinstall hyperspace-segmentation, "
+                        "or pass --model")
     return load_model(path or DEFAULT_MODEL)
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from .geometry import canonical
     from .inference import Segmenter, SpacingRequest, parse_spacing
-    from .io.images import check_image, check_output_path, read_image, write_labels
+    from .io.images import check_image, check_output_path, nonfinite_note, read_image, write_labels
     from .progress import Reporter
 
+    if Path(args.output).exists() and Path(args.input).exists() and os.path.samefile(args.output, args.input):
+        raise UserError(f"{args.output}: the output is the input image; choose another output name")
     check_output_path(args.output, args.overwrite)
-    reporter = Reporter(stages=5, quiet=args.quiet)
+    reporter = Reporter(stages=5, quiet=args.quiet, progress_lines=args.progress_lines)
     with reporter.stage("load model and image"):
         image = read_image(args.input)
         model = _load(args.model)
         check_image(image, str(args.input), model.dim)
+        if note := nonfinite_note(image):
+            reporter.log(f"note: {note}")
         request = parse_spacing(args.spacing)
         if args.max_voxels is not None or args.max_seconds is not None:
             if request.mode != "auto":
                 raise UserError("--max-voxels and --max-seconds apply to --spacing auto: add --spacing auto")
-        request = SpacingRequest(request.mode, request.values, int(args.max_voxels) if args.max_voxels else None,
-                                 args.max_seconds, args.allow_extrapolation)
+        request = SpacingRequest(request.mode, request.values, args.max_voxels, args.max_seconds,
+                                 args.allow_extrapolation)
         segmenter = Segmenter(model, device=args.device, patch=args.patch)
         choice = segmenter.choose_spacing(image, request)
         memory = segmenter.check_memory(image, choice.spacing)
@@ -164,7 +196,7 @@ def run_segment(args: argparse.Namespace) -> int:
         write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)
     summary = {
         "input": str(args.input), "output": str(args.output), "spacing_mm": list(choice.spacing),
-        "native_spacing_mm": list(image.GetSpacing()), "method": model.method, "device": segmenter.device.type,
+        "native_spacing_mm": list(canonical(image).GetSpacing()), "spacing_axes": "LPS", "method": model.method, "device": segmenter.device.type,
         "notes": choice.notes,
         "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
                     "peak_gpu_memory_mb": r.peak_gpu_memory_mb} for r in reporter.records],
@@ -209,10 +241,21 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from .io.images import check_output_path
+
+    if not SAMPLE_SCAN.is_file():
+        raise UserError(f"the bundled sample {SAMPLE_SCAN} is missing: reinstall hyperspace-segmentation")
     folder = Path(args.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {folder} ({error.strerror or type(error).__name__}): give "
+                        "--output-dir a folder you can write in") from None
+    runs = (("native", "native-1.5mm"), ("3", "coarse-3mm"))
+    for _, name in runs:  # every result checked before any is written
+        check_output_path(folder / f"{name}.seg.nrrd", args.overwrite)
     print(f"sample: {SAMPLE_SCAN.name} (MNI152 T1 template at 1.5 mm); results in {folder.resolve()}")
-    for spacing, name in (("native", "native-1.5mm"), ("3", "coarse-3mm")):
+    for spacing, name in runs:
         output = folder / f"{name}.seg.nrrd"
         start = time.perf_counter()
         argv = ["segment", str(SAMPLE_SCAN), "-o", str(output), "--spacing", spacing, "--device", args.device,
@@ -229,19 +272,22 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
+    from .training.trainer import resumed_config
 
-    if args.patch % 8:
-        raise UserError(f"--patch {args.patch} is not a multiple of 8: use 32, 48, 64, ...")
-    low, high = args.spacing_range
-    if not 0 < low <= high:
-        raise UserError(f"--spacing-range {low} {high}: give 0 < MIN <= MAX in mm")
-    config = TrainConfig(
-        dataset=args.dataset, output=args.output, method=args.method, dim=args.dim, spacing_min=low,
-        spacing_max=high, fixed_spacing=args.fixed_spacing, patch=args.patch, batch_size=args.batch_size,
-        iterations=args.iterations, learning_rate=args.learning_rate, features=tuple(args.features),
-        rank=args.rank, seed=args.seed, workers=args.workers, checkpoint_every=args.checkpoint_every,
-        device=args.device, augment=not args.no_augment,
-    )
+    given = {name: getattr(args, name) for name in (
+        "dataset", "method", "dim", "fixed_spacing", "patch", "batch_size", "iterations", "learning_rate", "features",
+        "rank", "seed", "workers", "checkpoint_every", "device", "augment",
+    ) if getattr(args, name) is not None}
+    if args.spacing_range is not None:
+        given["spacing_min"], given["spacing_max"] = args.spacing_range
+    if "features" in given:
+        given["features"] = tuple(given["features"])
+    if args.resume:
+        config = resumed_config(args.output, given)
+    elif "dataset" not in given:
+        raise UserError("give the dataset JSON (only --resume may leave it out)")
+    else:
+        config = TrainConfig(output=args.output, **given)
     path = train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     print(f"wrote {path}")
     return 0
@@ -251,13 +297,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
     from .evaluation import DEFAULT_METRICS, evaluate_batch, evaluate_files, write_results_csv
-    from .evaluation.evaluate import check_metrics, read_paths_csv
+    from .evaluation.evaluate import check_metrics, class_names, empty_class_notes, read_paths_csv, results_table
     from .evaluation.labels import classes_from_labels, load_config
     from .io.images import check_writable
     from .progress import Reporter
 
     if bool(args.paths_csv) == bool(args.reference and args.prediction):
         raise UserError("give either REFERENCE and PREDICTION, or --paths-csv CASES.csv")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: give 1 or more processes")
     classes, metrics, tolerance = load_config(args.config) if args.config else (None, None, None)
     if args.labels:
         classes = classes_from_labels(args.labels)
@@ -274,26 +322,34 @@ def run_evaluate(args: argparse.Namespace) -> int:
         reporter = Reporter(stages=1, quiet=args.json)
         with reporter.stage(f"evaluate {len(cases)} cases", total=len(cases)) as update:
             rows = evaluate_batch(cases, classes, metrics, tolerance, args.resample_to_reference, args.workers, update)
-        for row in rows:
-            if "error" in row:
-                print(f"hyperspace: case {row['id']} failed: {row['error']}", file=sys.stderr)
+        failed = [row for row in rows if "error" in row]
+        for row in failed:
+            print(f"hyperspace: case {row['id']} failed: {row['error']}", file=sys.stderr)
+        if len(failed) == len(rows):
+            raise UserError(f"all {len(rows)} cases failed (reasons above): fix them in {args.paths_csv} and run again")
     else:
         rows = [{"id": Path(args.prediction).name, **evaluate_files(
             args.reference, args.prediction, classes, metrics, tolerance, args.resample_to_reference)}]
+    for note in empty_class_notes(rows):
+        print(f"note: {note}", file=sys.stderr)
     if args.output:
         write_results_csv(rows, args.output, args.overwrite)
     if args.json:
         print(json.dumps(rows if args.paths_csv else rows[0], indent=2, default=str))
-    elif not args.paths_csv:
-        _print_case(rows[0], metrics)
+    elif args.paths_csv:
+        columns, table = results_table(rows)
+        print(f"mean over the {len(rows) - len(failed)} scored of {len(rows)} cases"
+              + ("" if args.output else " (-o results.csv keeps every case, --json prints them)") + ":")
+        _print_case(table[len(rows)], class_names(columns), metrics)
+    else:
+        _print_case(rows[0], class_names(rows[0]), metrics)
     if args.output and not args.json:
         print(f"wrote {args.output}")
     return 0
 
 
-def _print_case(row: dict, metrics: list[str]) -> None:
+def _print_case(row: dict, classes: list[str], metrics: list[str]) -> None:
     """One line per class, one column per metric."""
-    classes = [k[: -len("_empty")] for k in row if k.endswith("_empty")]
     width = max([len(c) for c in classes] + [5])
     print(f"{'class':<{width}}  " + "  ".join(f"{m:>12}" for m in metrics))
     for name in classes:

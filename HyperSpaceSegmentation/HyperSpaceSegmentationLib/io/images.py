@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import math
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -35,18 +38,69 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if not path.exists():
         raise UserError(f"{path} does not exist: check the path")
     if path.is_dir():
-        return _read_dicom_folder(path)
+        with _itk_warnings_off():
+            return _read_dicom_folder(path)
     if extension(path) not in IMAGE_EXTENSIONS:
         raise UserError(
             f"{path.name}: unsupported format; use one of {', '.join(IMAGE_EXTENSIONS)} or a DICOM series folder"
         )
+    if extension(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path)
     try:
-        return sitk.ReadImage(str(path))
+        with _itk_warnings_off():
+            return sitk.ReadImage(str(path))
     except RuntimeError as error:
         if "spacing" in str(error).lower():
             raise UserError(f"{path} has an invalid voxel spacing in its header ({_first_line(error)}): "
                             "fix the spacing in the header") from None
         raise UserError(f"{path} could not be read as an image ({_first_line(error)}): check that it is not damaged") from None
+
+
+@contextlib.contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """Silence ITK's warnings (printed on stderr before our own one-line error) for the duration of a read."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file (ITK reads the missing voxels as zeros): a damaged gzip stream, or fewer
+    bytes than the header's data offset plus voxel count times voxel size."""
+    try:
+        if extension(path) == ".nii.gz":
+            with gzip.open(path, "rb") as stream:
+                header = stream.read(348)
+                length = len(header)
+                for chunk in iter(lambda: stream.read(1 << 22), b""):
+                    length += len(chunk)
+        else:
+            with open(path, "rb") as stream:
+                header = stream.read(348)
+            length = path.stat().st_size
+    except (EOFError, OSError, zlib.error) as error:
+        raise UserError(f"{path} could not be read as an image: it is truncated or damaged ({_first_line(error)}); "
+                        "copy or export the file again") from None
+    expected = _nifti_expected_length(header)
+    if expected is not None and length < expected:
+        raise UserError(f"{path} is truncated: its header describes {expected:,} bytes but the file holds "
+                        f"{length:,}; copy or export the file again")
+
+
+def _nifti_expected_length(header: bytes) -> int | None:
+    """Data offset + voxels x bytes per voxel from a NIfTI-1 header (either byte order); ``None`` if it is not
+    one (ITK's reader then says what is wrong)."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            if 1 <= dims[0] <= 7 and all(d >= 1 for d in dims[1 : dims[0] + 1]) and bitpix >= 1:
+                return offset + math.prod(dims[1 : dims[0] + 1]) * bitpix // 8
+    return None
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -90,11 +144,11 @@ def check_image(image: sitk.Image, name: str, dim: int | None = None) -> None:
         raise UserError(f"{name} is {image.GetDimension()}D: give a 2D or 3D image (split 4D series into volumes)")
     if 0 in size or math.prod(size) == 0:
         raise UserError(f"{name} is empty (size {size}): give an image with voxels")
-    image_dim = image.GetDimension() if min(size) > 1 or image.GetDimension() == 2 else 2
-    if dim is not None and image_dim != dim:
-        raise UserError(
-            f"{name} is a {image_dim}D image but the model is {dim}D: use a {dim}D model or a {image_dim}D image"
-        )
+    if dim == 3 and image.GetDimension() == 2:
+        raise UserError(f"{name} is a 2D image, which a 3D model cannot segment: use a 2D model or a 3D image")
+    if dim == 2 and image.GetDimension() == 3 and 1 not in size:
+        raise UserError(f"{name} is a 3D image with several slices, which a 2D model cannot segment: use a 3D model, "
+                        "or a 2D or single-slice image")
     check_spacing(image.GetSpacing(), name)
     values = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(values)
@@ -105,20 +159,37 @@ def check_image(image: sitk.Image, name: str, dim: int | None = None) -> None:
         raise UserError(f"{name} is constant (every voxel is {finite_values.flat[0]}): there is nothing to segment")
 
 
+def nonfinite_note(image: sitk.Image) -> str | None:
+    """A note for a user whose image holds NaN or infinite voxels (they are treated as 0), or ``None``."""
+    count = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+    return f"{count:,} voxels are NaN or infinite; they are treated as 0" if count else None
+
+
 def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
-    """Fail early, before any work, if ``path`` exists (without ``overwrite``), is a folder, or has no folder."""
+    """Fail early, before any work, if ``path`` exists (without ``overwrite``) or is a folder, or if its folder
+    is missing, is a file, or cannot be written in (tried by creating and removing a file there)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder: give a file name for the output")
     if path.exists() and not overwrite:
         raise UserError(f"{path} exists: pass --overwrite to replace it, or choose another output name")
-    if not path.parent.exists():
-        raise UserError(f"folder {path.parent} does not exist: create it first")
+    folder = path.parent
+    if not folder.is_dir():
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UserError(f"{blocker} is a file, not a folder: choose an output in a folder")
+        raise UserError(f"folder {folder} does not exist: create it first")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UserError(f"cannot write in folder {folder} ({error.strerror or type(error).__name__}): "
+                        "choose a folder you can write in") from None
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path next to ``path``; move it to ``path`` only if the block succeeds. Without
+    ``overwrite``, a file that appeared at ``path`` meanwhile (another run) is kept and this run fails."""
     path = Path(path)
     check_writable(path, overwrite)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=extension(path) or ".tmp")
@@ -128,16 +199,38 @@ def atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     os.chmod(temporary, 0o666 & ~umask)  # the permissions of an ordinary new file, not mkstemp's 0600
     try:
         yield Path(temporary)
-        os.replace(temporary, path)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            _move_without_replacing(Path(temporary), path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
 
 
+def _move_without_replacing(temporary: Path, path: Path) -> None:
+    """Give ``temporary`` the name ``path`` unless that name exists; a hard link makes the check and the move
+    one step (POSIX, NTFS, APFS); where links are unsupported, check, then rename."""
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise _appeared_meanwhile(path) from None
+    except OSError:  # no hard links on this file system
+        if path.exists():
+            raise _appeared_meanwhile(path) from None
+        os.rename(temporary, path)
+
+
+def _appeared_meanwhile(path: Path) -> UserError:
+    return UserError(f"{path} appeared while this run was writing it (another run?): it was kept; pass "
+                     "--overwrite to replace it, or choose another output name")
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> None:
     """Fail early, before any work, if ``path`` cannot be written as a label image."""
     path = Path(path)
-    if extension(path) not in IMAGE_EXTENSIONS or extension(path) in (".dcm", ".png", ".tif", ".tiff"):
+    unsupported = extension(path) not in IMAGE_EXTENSIONS or extension(path) in (".dcm", ".png", ".tif", ".tiff")
+    if unsupported and not path.is_dir():
         raise UserError(f"{path.name}: unsupported output format; use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha")
     check_writable(path, overwrite)
 
@@ -170,15 +263,27 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
 
 
 def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str], colors: Mapping) -> None:
+    """A one-layer Slicer segmentation whose segments keep their label values, names and colours."""
     import slicerio
 
     if labels.GetDimension() != 3:
         labels = sitk.JoinSeries(labels)
     voxels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
-    segmentation = slicerio.create_segmentation(voxels.shape, ijk_to_lps(labels))
-    for value in sorted(v for v in names if v != 0):
-        segment = {"id": f"Segment_{value}", "name": names[value]}
+    values = sorted(v for v in names if v != 0)
+    dtype = np.uint8 if max(values, default=0) <= np.iinfo(np.uint8).max else np.uint16
+    layer = np.where(np.isin(voxels, values), voxels, 0).astype(dtype)
+    segments = []
+    for value in values:
+        segment = {"id": f"Segment_{value}", "name": names[value], "labelValue": int(value), "layer": 0,
+                   "extent": _extent(layer == value)}
         if value in colors:
-            segment["color"] = list(colors[value])
-        slicerio.add_segment(segmentation, voxels == value, segment)
-    slicerio.write_segmentation(str(path), segmentation)
+            segment["color"] = [float(c) for c in colors[value]]
+        segments.append(segment)
+    slicerio.write_segmentation(str(path), {"voxels": layer, "ijkToLPS": ijk_to_lps(labels), "segments": segments})
+
+
+def _extent(mask: np.ndarray) -> list[int]:
+    """Slicer's segment extent: first and last voxel index per axis, or an empty extent for an empty mask."""
+    if not mask.any():
+        return [0, -1, 0, -1, 0, -1]
+    return [int(v) for axis in np.nonzero(mask) for v in (axis.min(), axis.max())]

@@ -7,6 +7,7 @@ and colours, the trained spacing range, the FS spacing, the intensity normalisat
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .images import atomic_output
 FORMAT = "hyperspace-segmentation-model"
 VERSION = 1
 METHODS = ("hyperspace", "fs", "as")
+MODALITIES = ("mr", "ct")
 
 
 @dataclass
@@ -91,6 +93,8 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, overwrite: boo
 def load_model(path: str | os.PathLike) -> SegmentationModel:
     """Read a model file; a ``UserError`` names a missing, corrupt or unknown-version file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a model file: give the path of a .pt model file")
     if not path.is_file():
         raise UserError(f"model file {path} does not exist: check the --model path")
     try:
@@ -107,23 +111,61 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
     try:
         unet_config = UNetConfig(**{**payload["unet"], "features": tuple(payload["unet"]["features"])})
         hyper = HyperConfig(**payload["hyper"]) if payload["hyper"] else None
-        network = build_network(payload["method"], unet_config, hyper)
-        model = SegmentationModel(
+        metadata = dict(
             method=payload["method"],
-            network=network,
             labels={int(k): v for k, v in payload["labels"].items()},
-            spacing_range=tuple(payload["spacing_range"]),
+            spacing_range=tuple(float(s) for s in payload["spacing_range"]),
             normalisation=Normalisation(**payload["normalisation"]),
-            fixed_spacing=tuple(payload["fixed_spacing"]) if payload["fixed_spacing"] else None,
+            fixed_spacing=tuple(float(s) for s in payload["fixed_spacing"]) if payload["fixed_spacing"] else None,
             colors={int(k): tuple(v) for k, v in payload.get("colors", {}).items()},
-            training=payload.get("training", {}),
         )
+        problem = metadata_problem(unet_config, hyper, **metadata)
+        if problem:
+            raise UserError(f"model file {path} has invalid metadata ({problem}): retrain the model or use an intact file")
+        network = build_network(payload["method"], unet_config, hyper)
+        model = SegmentationModel(network=network, training=payload.get("training", {}), **metadata)
         state = {k: v.float() for k, v in payload["state_dict"].items()}
         model.trainable().load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"model file {path} is incomplete or inconsistent ({_short(error)}): use an intact model file") from None
     network.eval()
     return model
+
+
+def metadata_problem(
+    unet_config: UNetConfig, hyper_config: HyperConfig | None, method: str, labels: dict[int, str],
+    colors: dict[int, tuple[float, ...]], spacing_range: tuple[float, ...], fixed_spacing: tuple[float, ...] | None,
+    normalisation: Normalisation,
+) -> str | None:
+    """What is wrong with a model's labels, colours, spacings or normalisation, or ``None``."""
+    num_classes = unet_config.num_classes
+    if 0 not in labels:
+        return "the labels lack 0, the background"
+    if any(not 0 <= value <= 255 for value in labels):
+        return f"label values {sorted(labels)} are not all within 0-255"
+    if len(labels) != num_classes:
+        return f"{len(labels)} labels for a network with {num_classes} classes"
+    if any(not isinstance(name, str) or not name.strip() for name in labels.values()):
+        return "a label has no name"
+    for value, color in colors.items():
+        if value not in labels or len(color) != 3 or not all(0 <= float(c) <= 1 for c in color):
+            return f"the colour of label {value} is not three values in [0, 1] for a known label"
+    ranges = [("spacing range", spacing_range)]
+    if hyper_config is not None:
+        ranges.append(("hypernetwork spacing range", (hyper_config.spacing_min, hyper_config.spacing_max)))
+    for what, (low, high) in ranges:
+        if not (0 < low < high < math.inf or (method == "fs" and 0 < low == high < math.inf)):
+            return f"{what} {low}-{high} mm is not 0 < MIN < MAX"
+    if method == "fs":
+        if len(fixed_spacing or ()) != unet_config.dim or not all(0 < s < math.inf for s in fixed_spacing):
+            return f"fixed spacing {fixed_spacing} is not {unet_config.dim} positive values in mm"
+    if normalisation.modality not in MODALITIES:
+        return f"modality {normalisation.modality!r} is not one of {', '.join(MODALITIES)}"
+    if normalisation.modality == "ct":
+        values = (normalisation.clip_low, normalisation.clip_high, normalisation.mean, normalisation.std)
+        if not all(math.isfinite(v) for v in values) or not (values[0] < values[1] and values[3] > 0):
+            return f"CT window {values[0]}-{values[1]} or standard deviation {values[3]} is not valid"
+    return None
 
 
 def _short(error: Exception) -> str:
