@@ -159,10 +159,11 @@ def test_segment_writes_seg_nrrd_on_the_input_grid_with_json_summary(image_file,
     segmentation = slicerio.read_segmentation(str(output))
     assert {s["name"] for s in segmentation["segments"]} <= {"shell", "core"}
     image = sitk.ReadImage(str(image_file))
-    from HyperSpaceSegmentationLib.io.images import ijk_to_lps
-
-    assert np.allclose(segmentation["ijkToLPS"], ijk_to_lps(image), atol=1e-5)
     assert segmentation["voxels"].shape[:3] == image.GetSize()
+    # every voxel of the file lies where ITK places the input's voxel of the same index
+    for index in [(0, 0, 0), (31, 0, 0), (0, 31, 0), (0, 0, 23), (31, 31, 23), (5, 17, 9)]:
+        position = np.asarray(segmentation["ijkToLPS"]) @ np.array([*index, 1.0])
+        assert np.allclose(position[:3], image.TransformIndexToPhysicalPoint(index), atol=1e-4)
 
 
 def test_out_of_range_spacing_is_clamped_with_a_note(image_file, tmp_path, capsys, tiny_model_file):
