@@ -1,0 +1,353 @@
+"""The Slicer module's logic and scripting API on MRML nodes, without Qt: it runs in 3D Slicer and on Kitware's
+``slicer-core`` wheel.
+
+``segment`` writes the volume to a temporary file (its own grid; a parent transform is not hardened: the result
+goes under the same transform), runs ``hyperspace segment`` in a background process (``pythonExecutable``:
+PythonSlicer in Slicer) and reads the ``.seg.nrrd`` it writes into a new segmentation node. ``evaluate`` scores
+two segmentation nodes with the engine's metrics into a table node; ``largest_disagreement_slice`` moves a slice
+view to where they differ most. ``slicer`` and ``vtk`` are imported inside the functions, so that the engine
+package imports without Slicer. Nothing here opens a dialog.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import psutil
+
+from .errors import UserError
+from .progress import parse_progress_line, progress_fraction
+
+ENGINE_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds HyperSpaceSegmentationLib
+ERROR_PREFIX = "hyperspace: error: "
+
+
+class SegmentationJob:
+    """A ``hyperspace segment`` run in a background process; ``poll()`` it from the main thread (e.g. a QTimer).
+
+    ``status`` is running, done, failed or cancelled; ``progress`` the finished fraction (0 to 1) from the engine's
+    progress lines; ``log`` the other output lines; ``result`` the segmentation node when done; ``error`` the reason
+    when failed. ``cancel()`` ends the process tree and removes the temporary folder: no node, no file is left.
+    """
+
+    def __init__(self, command: list[str], folder: str, output: str, volumeNode: Any) -> None:
+        import slicer.util
+
+        self.status = "running"
+        self.progress = 0.0
+        self.log: list[str] = []
+        self.result = None
+        self.error: str | None = None
+        self.folder = folder
+        self._output = output
+        self._volumeNode = volumeNode
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ENGINE_PARENT), os.environ.get("PYTHONPATH")])),
+                       "PYTHONUNBUFFERED": "1"}
+        try:
+            self.process = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False,
+                                                            updateEnvironment=environment, cwd=folder)
+        except OSError as error:
+            raise UserError(f"cannot start {command[0]} ({error.strerror or error}): set the logic's "
+                            "pythonExecutable to a Python with the engine installed (PythonSlicer in Slicer)") from None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\r\n"))
+        self._lines.put(None)
+
+    def poll(self) -> str:
+        """Take in the output so far (never blocks); when the process has ended, load its result. Returns status."""
+        while self.status == "running":
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._finish(self.process.wait())
+                break
+            event = parse_progress_line(line)
+            if event is not None:
+                self.progress = progress_fraction(event)
+            elif line:
+                self.log.append(line)
+        return self.status
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Poll until the job ends and return the segmentation node; raise ``UserError`` (a problem with the input
+        or settings), ``RuntimeError`` (the process failed or was cancelled) or ``TimeoutError``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() == "running":
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"segmentation still running after {timeout} s")
+            time.sleep(0.05)
+        if self.status == "failed":
+            raise (UserError if self._user_error else RuntimeError)(self.error)
+        if self.status == "cancelled":
+            raise RuntimeError("segmentation was cancelled")
+        return self.result
+
+    def cancel(self) -> None:
+        """End the process and all its children (on every platform) and remove the temporary folder."""
+        if self.status != "running":
+            return
+        try:
+            root = psutil.Process(self.process.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            processes = []
+        for process in processes:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(processes, timeout=10)
+        self.process.wait()
+        self._reader.join()
+        self.status = "cancelled"
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def _user_error(self) -> bool:
+        return any(line.startswith(ERROR_PREFIX) for line in self.log)
+
+    def _finish(self, code: int) -> None:
+        try:
+            if code != 0:
+                errors = [line[len(ERROR_PREFIX):] for line in self.log if line.startswith(ERROR_PREFIX)]
+                last = self.log[-1] if self.log else "no output"
+                self.error = errors[-1] if errors else f"segmentation process failed (exit code {code}): {last}"
+                self.status = "failed"
+                return
+            self.result = _load_segmentation(self._output, self._volumeNode)
+            self.progress = 1.0
+            self.status = "done"
+        except (RuntimeError, UserError) as error:
+            self.error, self.status = str(error), "failed"
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class HyperSpaceMRMLLogic:
+    """Segment volume nodes and review segmentations on ``slicer.mrmlScene`` (the scripting API of the extension)."""
+
+    def __init__(self) -> None:
+        self.pythonExecutable = sys.executable  # the Slicer module sets PythonSlicer
+
+    def segment(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
+                model: str | os.PathLike | None = None, device: str = "auto", wait: bool = True) -> Any:
+        """Segment ``volumeNode`` with ``model`` (default: the embedded one) at ``spacing`` ("native", "auto", one
+        value in mm, or three: x y z as on the command line) and return a new ``vtkMRMLSegmentationNode`` on the
+        volume's grid, next to it in the subject hierarchy; with ``wait=False``, a ``SegmentationJob``."""
+        import slicer
+
+        from .inference import parse_spacing
+
+        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
+            raise UserError("select a scalar volume node with image data to segment")
+        words = spacing.split() if isinstance(spacing, str) else [str(v) for v in np.atleast_1d(spacing).tolist()]
+        parse_spacing(words)  # the command line's own check, before any work
+        if model is not None and not Path(model).is_file():
+            raise UserError(f"model file {model} does not exist: pick an existing model file, or None for the embedded one")
+        folder = tempfile.mkdtemp(prefix="hyperspace-")
+        try:
+            source, output = os.path.join(folder, "input.nrrd"), os.path.join(folder, "result.seg.nrrd")
+            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+            storage.SetFileName(source)
+            storage.SetUseCompression(False)
+            if not storage.WriteData(volumeNode):
+                raise UserError(f"volume {volumeNode.GetName()} could not be written to {folder}: free disk space there")
+            command = [self.pythonExecutable, "-m", "HyperSpaceSegmentationLib.cli", "segment", source, "-o", output,
+                       "--spacing", *words, "--device", device, "--progress-lines"]
+            if model is not None:
+                command += ["--model", str(Path(model).resolve())]
+            job = SegmentationJob(command, folder, output, volumeNode)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return job.wait() if wait else job
+
+    def evaluate(self, referenceSegmentationNode: Any, predictionSegmentationNode: Any, tolerance: float = 1.0) -> Any:
+        """Score the prediction against the reference, segments matched by name, on the reference's grid, with
+        every metric of the engine; returns a new ``vtkMRMLTableNode``: one row per matched segment, one column per
+        metric (title, unit and description set), and which masks were empty."""
+        import slicer
+        import vtk
+
+        from .evaluation import DEFAULT_METRICS, METRICS, evaluate_pair
+        from .evaluation.labels import ClassSpec
+
+        if not (tolerance >= 0 and math.isfinite(tolerance)):
+            raise UserError(f"tolerance {tolerance}: give a surface-Dice tolerance of 0 mm or more")
+        names = _matched_names(referenceSegmentationNode, predictionSegmentationNode)
+        reference, prediction = _on_reference_grid(referenceSegmentationNode, predictionSegmentationNode, names)
+        row = evaluate_pair(reference, prediction, [ClassSpec(n, segment=n) for n in names], DEFAULT_METRICS,
+                            tolerance)
+        scene = slicer.mrmlScene
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(
+            f"{predictionSegmentationNode.GetName()} vs {referenceSegmentationNode.GetName()}"))
+        columns = [("segment", vtk.vtkStringArray(), "Segment", "", "segment name", names)]
+        for metric in DEFAULT_METRICS:
+            spec = METRICS[metric]
+            title = spec.description[0].upper() + spec.description[1:] + (f" [{spec.unit}]" if spec.unit else "")
+            values = [float(row[f"{n}_{metric}"]) for n in names]
+            columns.append((metric, vtk.vtkDoubleArray(), title, spec.unit, spec.description, values))
+        columns.append(("empty", vtk.vtkStringArray(), "Empty", "", "empty masks: none, both, reference or prediction",
+                        [str(row[f"{n}_empty"]) for n in names]))
+        for name, array, title, unit, description, values in columns:
+            array.SetName(name)
+            for value in values:
+                array.InsertNextValue(value)
+            table.AddColumn(array)
+            table.SetColumnTitle(name, title)
+            table.SetColumnUnitLabel(name, unit)
+            table.SetColumnDescription(name, description)
+        table.SetUseColumnTitleAsColumnHeader(True)
+        table.SetAttribute("HyperSpace.tolerance_mm", f"{tolerance:g}")
+        return table
+
+    def largest_disagreement_slice(self, referenceSegmentationNode: Any, predictionSegmentationNode: Any,
+                                   segmentName: str, sliceNode: Any, rank: int = 0) -> tuple[float, float, float]:
+        """Move ``sliceNode`` to the slice (of the reference grid, across the view's normal) where the segment
+        named ``segmentName`` differs most between reference and prediction; ``rank`` 1 is the next worst, and so
+        on. The view is centred on the differing voxels of that slice, whose centre (RAS, world) is returned."""
+        names = _matched_names(referenceSegmentationNode, predictionSegmentationNode)
+        if segmentName not in names:
+            raise UserError(f"no segment named {segmentName!r} in both segmentations (both have: {', '.join(names)})")
+        if rank < 0:
+            raise UserError(f"rank {rank}: give 0 for the worst slice, 1 for the next, ...")
+        import slicer
+        import vtk
+
+        reference, prediction, geometry = _on_reference_grid(referenceSegmentationNode, predictionSegmentationNode,
+                                                             [segmentName], keep_geometry=True)
+        try:
+            ijk_to_ras = _ijk_to_ras(geometry)
+            to_world = vtk.vtkGeneralTransform()
+            slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(geometry.GetParentTransformNode(), None, to_world)
+        finally:
+            slicer.mrmlScene.RemoveNode(geometry)
+        directions = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+        axis = 2 - int(np.argmax(np.abs(_slice_normal(sliceNode) @ directions)))  # arrays are (k, j, i)
+        difference = reference.segments[segmentName] ^ prediction.segments[segmentName]
+        counts = difference.sum(axis=tuple(a for a in range(3) if a != axis))
+        slices = [int(s) for s in np.argsort(-counts, kind="stable") if counts[s] > 0]
+        if rank >= len(slices):
+            raise UserError(f"segment {segmentName!r}: reference and prediction differ on {len(slices)} slices, so "
+                            f"there is no slice of rank {rank}")
+        kji = np.insert(np.argwhere(np.take(difference, slices[rank], axis=axis)).mean(axis=0), axis, slices[rank])
+        ras = to_world.TransformPoint(*(ijk_to_ras @ np.append(kji[::-1], 1.0))[:3])
+        sliceNode.JumpSliceByCentering(*ras)
+        return tuple(float(v) for v in ras)
+
+
+def _load_segmentation(path: str, volumeNode: Any) -> Any:
+    """A new segmentation node from the engine's ``.seg.nrrd`` (segment names, label values and colours kept),
+    with the volume's reference geometry, under its parent transform and next to it in the subject hierarchy."""
+    import slicer
+
+    scene = slicer.mrmlScene
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(
+        f"{volumeNode.GetName()} segmentation"))
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(path)
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise RuntimeError(f"the segmentation written by the engine ({path}) could not be read")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    volume_item = hierarchy.GetItemByDataNode(volumeNode)
+    if volume_item:  # Slicer's Qt plugins give every node an item; the Qt-free core does not
+        parent, item = hierarchy.GetItemParent(volume_item), hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, parent)
+        else:
+            hierarchy.CreateItem(parent, node)
+    return node
+
+
+def _segment_names(node: Any) -> list[str]:
+    segmentation = node.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def _matched_names(reference: Any, prediction: Any) -> list[str]:
+    """The reference's segment names that the prediction also has, in the reference's order."""
+    for node, role in ((reference, "reference"), (prediction, "prediction")):
+        if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+            raise UserError(f"select a segmentation node as the {role}")
+    predicted = set(_segment_names(prediction))
+    names = [name for name in _segment_names(reference) if name in predicted]
+    if not names:
+        raise UserError(f"{reference.GetName()} and {prediction.GetName()} have no segment name in common: rename the "
+                        "segments so that matching ones have the same name")
+    return names
+
+
+def _on_reference_grid(reference: Any, prediction: Any, names: Sequence[str], keep_geometry: bool = False):
+    """The named segments of both nodes as engine ``Segmentation``s on the reference's grid (its reference geometry,
+    else the extent of its segments; the prediction resampled there by Slicer, transforms applied). With
+    ``keep_geometry``, also the label map node that holds the grid (the caller removes it)."""
+    import SimpleITK as sitk
+    import slicer
+    import slicer.util
+
+    from .evaluation.labels import Segmentation
+
+    scene = slicer.mrmlScene
+    geometry = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("hyperspace grid"))
+    try:
+        logic = slicer.modules.segmentations.logic()
+        if not logic.ExportAllSegmentsToLabelmapNode(reference, geometry, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+            raise RuntimeError(f"segmentation {reference.GetName()} could not be exported to a label map")
+        matrix = _ijk_to_ras(geometry)
+        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+        lps = np.diag([-1.0, -1.0, 1.0])
+        grid = sitk.Image(*geometry.GetImageData().GetDimensions(), sitk.sitkUInt8)
+        grid.SetSpacing(spacing.tolist())
+        grid.SetOrigin((lps @ matrix[:3, 3]).tolist())
+        grid.SetDirection((lps @ matrix[:3, :3] / spacing).ravel().tolist())
+        results = []
+        for node in (reference, prediction):
+            segments, values = {}, np.zeros(grid.GetSize()[::-1], np.int32)
+            for name in names:
+                segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+                mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, geometry) > 0
+                segments[name] = mask
+                values[mask] = node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+            results.append(Segmentation(grid, values, segments))
+    except BaseException:
+        scene.RemoveNode(geometry)
+        raise
+    if keep_geometry:
+        return results[0], results[1], geometry
+    scene.RemoveNode(geometry)
+    return results[0], results[1]
+
+
+def _ijk_to_ras(volumeNode: Any) -> np.ndarray:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _slice_normal(sliceNode: Any) -> np.ndarray:
+    matrix = sliceNode.GetSliceToRAS()
+    normal = np.array([matrix.GetElement(r, 2) for r in range(3)])
+    return normal / np.linalg.norm(normal)
