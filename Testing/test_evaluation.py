@@ -388,3 +388,20 @@ def test_overlapping_segments_of_a_layered_seg_nrrd(tmp_path):
     assert row["lesion_dice"] == 1.0 and row["lesion_haus95"] == 0.0
     assert row["organ_vol_ref"] == pytest.approx(outer.sum() * 2.0 / 1000)  # the lesion does not hide organ voxels
     assert 0.8 < row["organ_dice"] < 1.0 and row["organ_haus95"] == pytest.approx(1.0, abs=1.0)  # 1 mm, 2 mm slices
+
+
+def test_segments_named_in_one_file_only_score_as_missed_or_extra(tmp_path):
+    """Two .seg.nrrd files: a structure the prediction adds, or misses, is scored against an empty mask."""
+    array = np.zeros((12, 20, 24), np.uint8)
+    array[2:8, 3:10, 4:12] = 1
+    array[5:10, 12:18, 14:20] = 2
+    labels = sitk.GetImageFromArray(array)
+    labels.SetSpacing((0.8, 0.9, 2.0))
+    reference = write_labels(labels, tmp_path / "reference.seg.nrrd", {0: "background", 1: "liver"})
+    prediction = write_labels(labels, tmp_path / "prediction.seg.nrrd", {0: "background", 1: "liver", 2: "cyst"})
+    row = evaluate_files(reference, prediction, metrics=["dice", "vol_pred"])
+    assert row["liver_dice"] == 1.0 and row["liver_empty"] == "none"
+    assert row["cyst_dice"] == 0.0 and row["cyst_empty"] == "reference"
+    assert row["cyst_vol_pred"] == pytest.approx((array == 2).sum() * 0.8 * 0.9 * 2.0 / 1000)
+    swapped = evaluate_files(prediction, reference, metrics=["dice"])
+    assert swapped["cyst_dice"] == 0.0 and swapped["cyst_empty"] == "prediction"

@@ -201,3 +201,12 @@ def test_a_single_slice_volume_is_segmented_on_its_own_grid(dim, direction):
     assert labels.GetOrigin() == image.GetOrigin() and labels.GetSpacing() == image.GetSpacing()
     assert np.array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(truth))
 
+
+
+def test_a_spacing_off_the_trained_range_by_rounding_noise_gets_no_note():
+    segmenter = Segmenter(tiny_model(), device="cpu")  # trained 0.8-3.5 mm
+    image, _ = phantom(size=(16, 16, 16), spacing=(1.2, 0.79999997, 3.5000001))
+    choice = segmenter.choose_spacing(image, SpacingRequest("native"))
+    assert choice.notes == [] and choice.spacing == pytest.approx((1.2, 0.8, 3.5))
+    image.SetSpacing((1.2, 0.75, 3.5))
+    assert "outside the trained range" in segmenter.choose_spacing(image, SpacingRequest("native")).notes[0]

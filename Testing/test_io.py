@@ -49,6 +49,14 @@ def test_seg_nrrd_keeps_label_values_names_and_colours(tmp_path):
         assert np.array_equal(slicerio.segment_mask(segmentation, segment), array == value)
 
 
+def test_seg_nrrd_segments_without_a_model_colour_get_distinct_colours(tmp_path):
+    import slicerio
+
+    path = write_labels(asymmetric_labels(), tmp_path / "labels.seg.nrrd", NAMES)
+    colours = [tuple(s["color"]) for s in slicerio.read_segmentation(str(path))["segments"]]
+    assert len(colours) == 3 and len(set(colours)) == 3
+
+
 def test_seg_nrrd_prediction_scores_perfectly_against_the_label_map(tmp_path):
     labels = asymmetric_labels()
     reference = tmp_path / "reference.nii.gz"

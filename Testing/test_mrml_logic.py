@@ -290,3 +290,27 @@ def test_bad_inputs_give_one_line_user_errors(scene, logic, tmp_path, monkeypatc
     with pytest.raises(UserError, match="no segment name in common"):
         logic.evaluate(segmentation_node(tmp_path / "a.seg.nrrd"), segmentation_node(tmp_path / "b.seg.nrrd"))
     assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+
+
+def test_slicer_loads_the_engines_seg_nrrd_on_the_scans_full_grid(scene, tmp_path):
+    """A .seg.nrrd loaded on its own (no volume to take the geometry from) exports onto the scan's grid, not onto
+    the segments' bounding box; segments keep their values, names and colours."""
+    import slicer
+    import vtk
+
+    image, labels = asymmetric_phantom(size=(40, 36, 12), spacing=(0.7, 0.8, 3.0), origin=(-12.5, 30.2, 101.0),
+                                       direction=OBLIQUE)
+    path = write_labels(labels, tmp_path / "result.seg.nrrd", NAMES, {3: COLORS[3]})
+    node = segmentation_node(path)
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    assert slicer.modules.segmentations.logic().ExportAllSegmentsToLabelmapNode(
+        node, labelmap, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+    assert labelmap.GetImageData().GetDimensions() == image.GetSize()
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    assert np.allclose(ijk_to_ras, LPS_TO_RAS @ ijk_to_lps(image), atol=1e-4)
+    segments = {node.GetSegmentation().GetNthSegment(i).GetName(): node.GetSegmentation().GetNthSegment(i)
+                for i in range(node.GetSegmentation().GetNumberOfSegments())}
+    assert {name: s.GetLabelValue() for name, s in segments.items()} == {"box": 3, "ball": 7}
+    assert segments["box"].GetColor() == pytest.approx(COLORS[3])

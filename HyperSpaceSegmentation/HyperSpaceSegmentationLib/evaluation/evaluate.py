@@ -63,8 +63,10 @@ def evaluate_pair(
     spacing = tuple(reversed(reference.image.GetSpacing()))
     row: dict[str, float | str] = {}
     for spec in classes or default_classes(reference, prediction):
+        # a segment named in one file only is empty in the other (a missed or an extra structure)
+        in_either = spec.segment in reference.segments or spec.segment in prediction.segments
         comparison = Comparison(
-            reference.mask(spec), prediction.mask(spec), spacing, tolerance,
+            reference.mask(spec, in_either), prediction.mask(spec, in_either), spacing, tolerance,
             prediction.probabilities if prediction.probabilities is not None and spec.labels == (1,) else None,
         )
         for name in metrics:

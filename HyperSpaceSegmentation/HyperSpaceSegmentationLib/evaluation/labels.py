@@ -31,12 +31,15 @@ class Segmentation:
     probabilities: np.ndarray | None = None  # a floating-point prediction in [0, 1]
     value_names: dict[int, str] = field(default_factory=dict)  # label value -> segment name (.seg.nrrd)
 
-    def mask(self, spec: ClassSpec) -> np.ndarray:
+    def mask(self, spec: ClassSpec, absent_is_empty: bool = False) -> np.ndarray:
+        """The voxels of class ``spec``; a segment this file lacks is an error, or empty if ``absent_is_empty``."""
         if spec.segment is not None:
-            if spec.segment not in self.segments:
-                raise UserError(f"no segment named {spec.segment!r} (segments: {', '.join(self.segments) or 'none'}): "
-                                "check the class names")
-            return self.segments[spec.segment]
+            if spec.segment in self.segments:
+                return self.segments[spec.segment]
+            if absent_is_empty:
+                return np.zeros(self.values.shape, dtype=bool)
+            raise UserError(f"no segment named {spec.segment!r} (segments: {', '.join(self.segments) or 'none'}): "
+                            "check the class names")
         return np.isin(self.values, spec.labels)
 
     def present_values(self) -> set[int]:

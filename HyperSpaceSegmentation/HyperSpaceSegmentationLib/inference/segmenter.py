@@ -31,7 +31,8 @@ from .sliding_window import count_windows, patch_size_for, predict_probabilities
 DEFAULT_PATCH = {3: 128, 2: 512}
 DEFAULT_MAX_VOXELS = 4_000_000
 _REFERENCE_WINDOW = {3: 64, 2: 256}  # timed once for --max-seconds; smaller windows cost more per voxel (conservative)
-_EXTRAPOLATION_REACH = 4.0  # with --allow-extrapolation, auto may go this far beyond the coarsest trained spacing
+_EXTRAPOLATION_REACH = 4.0
+_RANGE_TOLERANCE = 1e-4  # a spacing this close (relative) to the trained range counts as inside it, without a note  # with --allow-extrapolation, auto may go this far beyond the coarsest trained spacing
 
 
 @dataclass(frozen=True)
@@ -132,8 +133,10 @@ class Segmenter:
         """``spacing`` clamped to the trained range (unless extrapolating), with a note when it lies outside."""
         low, high = self.model.spacing_range
         clamped = _clamp(spacing, low, high)
-        if clamped == spacing or self.model.method == "fs":
+        if self.model.method == "fs":
             return SpacingChoice(spacing)
+        if all(low * (1 - _RANGE_TOLERANCE) <= s <= high * (1 + _RANGE_TOLERANCE) for s in spacing):
+            return SpacingChoice(clamped)  # in range, or off it by header rounding noise only
         shown = _mm(spacing)
         if allow_extrapolation:
             return SpacingChoice(spacing, [f"spacing {shown} lies outside the trained range {low:g}-{high:g} mm; extrapolating"])
@@ -168,7 +171,7 @@ class Segmenter:
             floor = min(floor * 1.02, coarsest)
             spacing = candidate(floor)
         notes = []
-        if not extrapolate and max(native) > high:
+        if not extrapolate and max(native) > high * (1 + _RANGE_TOLERANCE):
             notes.append(f"native spacing {_mm(native)} is coarser than the trained range {low:g}-{high:g} mm on some "
                          f"axes: working at most {high:g} mm there (pass --allow-extrapolation to keep it)")
         if not fits(spacing):

@@ -21,6 +21,11 @@ IMAGE_EXTENSIONS = (
     ".seg.nrrd", ".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm", ".tif", ".tiff", ".png",
 )
 SPACING_LIMITS_MM = (1e-3, 100.0)
+# colours of segments whose model gives none: distinct, readable over grey-scale images (RGB in 0-1)
+SEGMENT_PALETTE = (
+    (0.90, 0.35, 0.25), (0.30, 0.65, 0.95), (0.95, 0.80, 0.25), (0.45, 0.80, 0.40), (0.75, 0.45, 0.85),
+    (0.95, 0.55, 0.75), (0.35, 0.85, 0.80), (0.85, 0.60, 0.30), (0.60, 0.60, 0.95), (0.70, 0.90, 0.35),
+)
 
 
 def extension(path: str | os.PathLike) -> str:
@@ -273,13 +278,25 @@ def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str]
     dtype = np.uint8 if max(values, default=0) <= np.iinfo(np.uint8).max else np.uint16
     layer = np.where(np.isin(voxels, values), voxels, 0).astype(dtype)
     segments = []
-    for value in values:
-        segment = {"id": f"Segment_{value}", "name": names[value], "labelValue": int(value), "layer": 0,
-                   "extent": _extent(layer == value)}
-        if value in colors:
-            segment["color"] = [float(c) for c in colors[value]]
-        segments.append(segment)
-    slicerio.write_segmentation(str(path), {"voxels": layer, "ijkToLPS": ijk_to_lps(labels), "segments": segments})
+    for index, value in enumerate(values):
+        color = colors.get(value, SEGMENT_PALETTE[index % len(SEGMENT_PALETTE)])
+        segments.append({"id": f"Segment_{value}", "name": names[value], "labelValue": int(value), "layer": 0,
+                         "extent": _extent(layer == value), "color": [float(c) for c in color]})
+    slicerio.write_segmentation(str(path), {
+        "voxels": layer, "ijkToLPS": ijk_to_lps(labels), "segments": segments,
+        "containedRepresentationNames": ["Binary labelmap"], "masterRepresentation": "Binary labelmap",
+        # without it Slicer crops the loaded segmentation to its segments' extent, off the input's grid; Slicer
+        # reads a parameter only when an '&' ends it, and slicerio puts '&' between parameters only
+        "conversionParameters": [{"name": "Reference image geometry", "value": _reference_geometry(labels),
+                                  "description": "Image geometry of the segmented scan (IJK to RAS matrix; extent)&"}],
+    })
+
+
+def _reference_geometry(image: sitk.Image) -> str:
+    """Slicer's serialised image geometry: the IJK-to-RAS matrix row by row, then the extent, ';'-separated."""
+    ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps(image)
+    extent = [v for n in image.GetSize() for v in (0, n - 1)]
+    return "".join(f"{v:.17g};" for v in ijk_to_ras.ravel()) + "".join(f"{v};" for v in extent)
 
 
 def _extent(mask: np.ndarray) -> list[int]:
