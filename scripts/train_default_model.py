@@ -79,8 +79,10 @@ def prepare(work: Path) -> Path:
         cases.append({"id": name, "image": f"data/{name}_t1.nii.gz", "label": f"data/{name}_labels.nii.gz"})
     sitk.WriteImage(t1, str(work / "data" / "full_t1.nii.gz"))
     sitk.WriteImage(labels, str(work / "data" / "full_labels.nii.gz"))
+    for kind, image in (("t1", t1), ("labels", labels)):  # the held-out band, scored at every checkpoint
+        sitk.WriteImage(image[:, :, low:high], str(work / "data" / f"band_{kind}.nii.gz"))
     spec = {"task": "brain tissue (MNI ICBM152 2009a)", "modality": "mr", "labels": LABELS, "colors": COLORS,
-            "training": cases, "validation": [{"id": "full", "image": "data/full_t1.nii.gz", "label": "data/full_labels.nii.gz"}]}
+            "training": cases, "validation": [{"id": "band", "image": "data/band_t1.nii.gz", "label": "data/band_labels.nii.gz"}]}
     path = work / "dataset.json"
     path.write_text(json.dumps(spec, indent=2))
     return path
