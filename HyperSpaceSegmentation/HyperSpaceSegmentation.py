@@ -1,19 +1,23 @@
-"""3D Slicer module: thin glue between MRML nodes and the HyperSpaceSegmentationLib engine.
+"""3D Slicer module: the user interface of HyperSpace Segmentation.
 
-The logic writes the input volume to a temporary file, runs ``hyperspace segment`` in a separate
-PythonSlicer process (so the GUI stays responsive and Cancel can stop it), and loads the resulting
-``.seg.nrrd`` as a segmentation node on the input's own grid. It never pops up a dialog, so it also works
-in batch mode (``Slicer --no-main-window --python-script``).
+All work is done by ``HyperSpaceSegmentationLib.mrml_logic.HyperSpaceMRMLLogic`` (Qt-free, tested on Slicer's core):
+this file holds the widget (settings in a parameter node bound to the .ui, a QTimer that polls the background
+job), the dependency installation at Apply time, the sample data registration and Slicer's self-test.
 """
 
+import enum
+import importlib.util
 import os
-import shutil
+import pathlib
 import sys
-import tempfile
+from typing import Annotated
 
 import qt
 import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -22,127 +26,422 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-MODULE_DIR = os.path.dirname(__file__)
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 if MODULE_DIR not in sys.path:
     sys.path.insert(0, MODULE_DIR)
 
+from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
+from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic, python_slicer_executable  # noqa: E402
+
+README_URL = "https://github.com/hyperspace-segmentation/SlicerHyperSpaceSegmentation#3d-slicer"
+SAMPLE_FILE = os.path.join(MODULE_DIR, "HyperSpaceSegmentationLib", "resources", "samples", "MNI152-T1-1.5mm.nrrd")
+SAMPLE_NAME = "MNI152 T1 1.5mm"
+MINIMUM_TORCH = "2.0"
+POLL_MS = 200
+
 
 class HyperSpaceSegmentation(ScriptedLoadableModule):
+    """Module description for Slicer's module list."""
+
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("HyperSpace Segmentation")
         self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
         self.parent.contributors = ["HyperSpace Segmentation developers"]
         self.parent.helpText = _(
-            "Spacing-adaptive segmentation: one model segments a scan at its native spacing or at a coarser one. "
-            "See the <a href='https://github.com/hyperspace-segmentation/SlicerHyperSpaceSegmentation#readme'>README</a>."
-        )
-        self.parent.acknowledgementText = _("Based on HyperSpace (MICCAI 2024). Default model trained on the MNI ICBM152 template.")
+            "Spacing-adaptive segmentation: one model segments a scan at its native spacing or any coarser one, "
+            "in the background, with a live estimate of the working grid and memory, and a review panel that scores "
+            "the result against a reference and walks to the worst slices. "
+            "See the <a href='{url}'>documentation</a>.").format(url=README_URL)
+        self.parent.acknowledgementText = _(
+            "Based on HyperSpace (MICCAI 2024). The embedded model was trained on the MNI ICBM152 template "
+            "(Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Add the bundled MNI152 T1 scan to the Sample Data module (a local file, no download)."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="HyperSpace Segmentation",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=os.path.join(MODULE_DIR, "Resources", "Icons", "HyperSpaceSegmentation.png"),
+        uris=pathlib.Path(SAMPLE_FILE).as_uri(),
+        fileNames=os.path.basename(SAMPLE_FILE),
+        nodeNames=SAMPLE_NAME,
+    )
+
+
+class SpacingMode(enum.Enum):
+    """How the working spacing is chosen."""
+
+    NATIVE = "native"
+    ISOTROPIC = "isotropic"
+    PER_AXIS = "per-axis"
+    TIME_BUDGET = "time budget"
+    VOXEL_BUDGET = "voxel budget"
+
+    def label(self) -> str:
+        return {
+            SpacingMode.NATIVE: _("Native (the scan's own)"),
+            SpacingMode.ISOTROPIC: _("Isotropic"),
+            SpacingMode.PER_AXIS: _("Per axis"),
+            SpacingMode.TIME_BUDGET: _("Finest within a time budget"),
+            SpacingMode.VOXEL_BUDGET: _("Finest within a voxel budget"),
+        }[self]
+
+
+@parameterNodeWrapper
+class HyperSpaceSegmentationParameterNode:
+    """The module's settings, saved with the scene. Each field is bound to the widget whose SlicerParameterName
+    (in the .ui) is the field's name."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    useEmbeddedModel: bool = True
+    modelFile: pathlib.Path
+    spacingMode: SpacingMode = SpacingMode.NATIVE
+    isotropicSpacing: Annotated[float, WithinRange(0.5, 8.0)] = 3.0
+    spacingX: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
+    spacingY: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
+    spacingZ: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
+    budgetSeconds: Annotated[float, WithinRange(1.0, 3600.0)] = 60.0
+    budgetMegavoxels: Annotated[float, WithinRange(0.1, 1000.0)] = 4.0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    outputSegmentation: vtkMRMLSegmentationNode
+    referenceSegmentation: vtkMRMLSegmentationNode
+    toleranceMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
+    metricsTable: vtkMRMLTableNode
+
+
+def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
+    """The settings as keyword arguments of ``HyperSpaceMRMLLogic.segment`` (and, less ``max_seconds``, of
+    ``estimate``): a new option is a field above, a widget in the .ui and an entry here."""
+    mode = parameters.spacingMode
+    spacing = {
+        SpacingMode.NATIVE: "native",
+        SpacingMode.ISOTROPIC: parameters.isotropicSpacing,
+        SpacingMode.PER_AXIS: (parameters.spacingX, parameters.spacingY, parameters.spacingZ),
+    }.get(mode, "auto")
+    model = None if parameters.useEmbeddedModel else str(parameters.modelFile)
+    return {
+        "spacing": spacing, "model": model, "device": parameters.device,
+        "max_voxels": parameters.budgetMegavoxels * 1e6 if mode == SpacingMode.VOXEL_BUDGET else None,
+        "max_seconds": parameters.budgetSeconds if mode == SpacingMode.TIME_BUDGET else None,
+    }
 
 
 class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None):
+    """The module panel: settings, Apply/Cancel with a polled background job, review."""
+
+    def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._shownLogLines = 0
+        self._disagreementRank = 0
 
-    def setup(self):
+    def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/HyperSpaceSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.modelPathLineEdit.nameFilters = [_("Model files (*.pt)")]
         self.logic = HyperSpaceSegmentationLogic()
-        form = qt.QFormLayout()
-        self.layout.addLayout(form)
-        self.inputSelector = slicer.qMRMLNodeComboBox()
-        self.inputSelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
-        self.inputSelector.setMRMLScene(slicer.mrmlScene)
-        form.addRow(_("Input volume:"), self.inputSelector)
-        self.spacingEdit = qt.QLineEdit("native")
-        self.spacingEdit.toolTip = _("native, auto, one spacing in mm, or three (x y z)")
-        form.addRow(_("Working spacing:"), self.spacingEdit)
-        self.applyButton = qt.QPushButton(_("Apply"))
-        self.cancelButton = qt.QPushButton(_("Cancel"))
-        self.cancelButton.enabled = False
-        form.addRow(self.applyButton, self.cancelButton)
-        self.progressBar = qt.QProgressBar()
-        form.addRow(self.progressBar)
-        self.log = qt.QPlainTextEdit()
-        self.log.readOnly = True
-        form.addRow(self.log)
-        self.layout.addStretch(1)
-        self.applyButton.connect("clicked(bool)", self.onApply)
-        self.cancelButton.connect("clicked(bool)", self.logic.cancel)
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_MS)
+        self._timer.connect("timeout()", self.onPoll)
 
-    def onApply(self):
-        with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-            self.log.clear()
-            self.applyButton.enabled, self.cancelButton.enabled = False, True
-            try:
-                self.logic.segment(
-                    self.inputSelector.currentNode(), self.spacingEdit.text.split(),
-                    log=self.log.appendPlainText, progress=self.progressBar.setValue,
-                )
-            finally:
-                self.applyButton.enabled, self.cancelButton.enabled = True, False
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.show3DButton.connect("clicked(bool)", self.onShow3D)
+        self.ui.computeMetricsButton.connect("clicked(bool)", self.onComputeMetrics)
+        self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
+        self.ui.largestDisagreementButton.connect("clicked(bool)", lambda: self.onDisagreement(0))
+        self.ui.nextDisagreementButton.connect("clicked(bool)", lambda: self.onDisagreement(self._disagreementRank + 1))
+        self.ui.metricsTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onMetricsTableChanged)
+        self.initializeParameterNode()
 
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        self._timer.stop()
+        self.removeObservers()
 
-class HyperSpaceSegmentationLogic(ScriptedLoadableModuleLogic):
-    """Segments volume nodes with the engine in a background PythonSlicer process."""
+    def enter(self) -> None:
+        self.initializeParameterNode()
 
-    def __init__(self):
-        ScriptedLoadableModuleLogic.__init__(self)
-        self._process = None
+    def exit(self) -> None:
+        self.setParameterNode(None)
 
-    def segment(self, volumeNode, spacing=("native",), model=None, log=print, progress=None):
-        """Segment ``volumeNode`` and return a new segmentation node; waits for the process to finish."""
-        import slicer.util
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
 
-        if volumeNode is None:
-            raise ValueError(_("Select an input volume."))
-        folder = tempfile.mkdtemp(prefix="hyperspace-")
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode) -> None:
+        """Bind the GUI to ``parameterNode`` (two-way, through connectGui) and follow its changes."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    # settings -------------------------------------------------------------------------------------
+    def updateGUI(self, caller=None, event=None) -> None:
+        """Show the widgets of the chosen spacing mode, the model's facts and the live estimate."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        mode = parameters.spacingMode
+        for widgets, shown in (
+            ((self.ui.isotropicSpacingLabel, self.ui.isotropicSpacingSlider), mode == SpacingMode.ISOTROPIC),
+            ((self.ui.perAxisSpacingLabel, self.ui.perAxisSpacingWidget), mode == SpacingMode.PER_AXIS),
+            ((self.ui.budgetSecondsLabel, self.ui.budgetSecondsSpinBox), mode == SpacingMode.TIME_BUDGET),
+            ((self.ui.budgetMegavoxelsLabel, self.ui.budgetMegavoxelsSpinBox), mode == SpacingMode.VOXEL_BUDGET),
+        ):
+            for widget in widgets:
+                widget.visible = shown
+        self.ui.modelPathLineEdit.enabled = not parameters.useEmbeddedModel
+        running = self._job is not None
+        self.ui.applyButton.enabled = parameters.inputVolume is not None and not running
+        self.ui.cancelButton.enabled = running
+        self._showModelAndEstimate(parameters)
+
+    def _showModelAndEstimate(self, parameters) -> None:
+        """The model's labels and trained range, and the working grid and memory at the chosen spacing (no network
+        run; needs PyTorch, which Apply installs)."""
+        labels = (self.ui.modelInfoLabel, self.ui.nativeSpacingLabel, self.ui.estimateLabel, self.ui.spacingWarningLabel)
+        for label in labels:
+            label.text = ""
+        if importlib.util.find_spec("torch") is None:
+            self.ui.modelInfoLabel.text = _("Model details and estimates appear once PyTorch is installed (at Apply).")
+            return
+        arguments = segmentArguments(parameters)
         try:
-            inputPath = os.path.join(folder, "input.nrrd")
-            outputPath = os.path.join(folder, "output.seg.nrrd")
-            slicer.util.exportNode(volumeNode, inputPath)
-            command = [shutil.which("PythonSlicer") or sys.executable, "-m", "HyperSpaceSegmentationLib.cli",
-                       "segment", inputPath, "-o", outputPath, "--spacing", *spacing]
-            if model:
-                command += ["--model", model]
-            self._process = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False, cwd=MODULE_DIR)
-            stages = 5
-            for line in self._process.stdout:
-                log(line.rstrip())
-                if progress and line.startswith("[") and "/" in line:
-                    done = int(line[1:line.index("/")])
-                    progress(int(100 * (done - 1) / stages))
-            if self._process.wait() != 0:
-                raise RuntimeError(_("Segmentation process failed; see the log."))
-            if progress:
-                progress(100)
-            segmentation = slicer.util.loadSegmentation(outputPath)
-            segmentation.SetName(slicer.mrmlScene.GenerateUniqueName(volumeNode.GetName() + " segmentation"))
-            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-            return segmentation
-        finally:
-            self._process = None
-            shutil.rmtree(folder, ignore_errors=True)
+            facts = self.logic.model_facts(arguments["model"])
+            low, high = facts["spacing_range_mm"]
+            self.ui.modelInfoLabel.text = _("Labels: {labels}. Trained on spacings {low:g}-{high:g} mm.").format(
+                labels=", ".join(f"{value} {name}" for value, name in facts["labels"].items() if value != "0"),
+                low=low, high=high)
+            if parameters.inputVolume is None:
+                return
+            native = self.logic.estimate(parameters.inputVolume, "native", arguments["model"], arguments["device"])
+            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in native.native) + " mm"
+            if arguments["max_seconds"] is not None:
+                self.ui.estimateLabel.text = _("The finest spacing within {seconds:g} s is chosen at run time, by "
+                                               "timing the network on the device.").format(seconds=arguments["max_seconds"])
+                return
+            estimate = self.logic.estimate(parameters.inputVolume, arguments["spacing"], arguments["model"],
+                                           arguments["device"], arguments["max_voxels"])
+        except UserError as error:
+            self.ui.spacingWarningLabel.text = str(error)
+            return
+        self.ui.estimateLabel.text = _(
+            "Working grid {grid} at {spacing} mm: {voxels:,} voxels; memory about {memory:,.0f} MB "
+            "({available:,.0f} MB free).").format(
+            grid=" x ".join(map(str, estimate.grid)), spacing=" x ".join(f"{s:.3g}" for s in estimate.spacing),
+            voxels=estimate.voxels, memory=estimate.memory_mb, available=estimate.available_mb)
+        warnings = list(estimate.notes)
+        if estimate.memory_mb > 0.9 * estimate.available_mb:
+            warnings.append(_("This needs more memory than is free: choose a coarser spacing."))
+        self.ui.spacingWarningLabel.text = "\n".join(warnings)
 
-    def cancel(self):
-        """Stop a running segmentation process (its temporary files are removed)."""
-        if self._process is not None:
-            self._process.kill()
+    # running --------------------------------------------------------------------------------------
+    def onApply(self) -> None:
+        """Install what is missing, then start the segmentation in the background; the timer follows it."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            ensureDependencies(self.resourcePath("requirements.txt"))
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self._shownLogLines = 0
+            self._job = self.logic.segment(self._parameterNode.inputVolume, wait=False,
+                                           **segmentArguments(self._parameterNode))
+            self._timer.start()
+            self.updateGUI()
+
+    def onPoll(self) -> None:
+        """Take in the job's progress and log (never blocks); when it has ended, show the result or the reason."""
+        job = self._job
+        status = job.poll()
+        for line in job.log[self._shownLogLines:]:
+            self.ui.logTextEdit.appendPlainText(line)
+        self._shownLogLines = len(job.log)
+        self.ui.progressBar.value = int(round(100 * job.progress))
+        if status == "running":
+            return
+        self._timer.stop()
+        self._job = None
+        if status == "done":
+            self._parameterNode.outputSegmentation = job.result
+            self.ui.logTextEdit.appendPlainText(_("Done: {name}").format(name=job.result.GetName()))
+        elif status == "failed":
+            self.ui.logTextEdit.appendPlainText(job.error)
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=job.error))
+        else:
+            self.ui.logTextEdit.appendPlainText(_("Cancelled: nothing was added to the scene."))
+        self.updateGUI()
+
+    def onCancel(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.onPoll()
+
+    def onShow3D(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the segmentation in 3D."), waitCursor=True):
+            segmentation = self._parameterNode.outputSegmentation
+            if segmentation is None:
+                raise UserError(_("Run the segmentation first, or select a segmentation."))
+            segmentation.CreateClosedSurfaceRepresentation()
+            segmentation.GetDisplayNode().SetVisibility3D(True)
+            slicer.app.layoutManager().threeDWidget(0).threeDView().resetFocalPoint()
+
+    # review ---------------------------------------------------------------------------------------
+    def onComputeMetrics(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute the metrics."), waitCursor=True):
+            parameters = self._parameterNode
+            ensureDependencies(self.resourcePath("requirements.txt"))
+            parameters.metricsTable = self.logic.evaluate(parameters.referenceSegmentation,
+                                                          parameters.outputSegmentation, parameters.toleranceMm)
+
+    def onMetricsTableChanged(self, table) -> None:
+        """Show the table and list its segments for the walk through the disagreements."""
+        self.ui.metricsTableView.setMRMLTableNode(table)
+        self.ui.reviewSegmentComboBox.clear()
+        if table is not None and table.GetTable().GetColumnByName("segment") is not None:
+            column = table.GetTable().GetColumnByName("segment")
+            for row in range(column.GetNumberOfValues()):
+                self.ui.reviewSegmentComboBox.addItem(column.GetValue(row))
+        self._disagreementRank = 0
+        self.ui.disagreementLabel.text = ""
+
+    def onExportCsv(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the table."), waitCursor=True):
+            table = self._parameterNode.metricsTable
+            if table is None:
+                raise UserError(_("Compute the metrics first."))
+            path = qt.QFileDialog.getSaveFileName(None, _("Export metrics"), f"{table.GetName()}.csv",
+                                                  _("CSV files (*.csv)"))
+            if path and not slicer.util.saveNode(table, path):
+                raise UserError(_("The table could not be written to {path}.").format(path=path))
+
+    def onDisagreement(self, rank: int) -> None:
+        """Move the Red slice view to the slice of rank ``rank`` (0: the worst) for the chosen segment."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to find the slice."), waitCursor=True):
+            parameters = self._parameterNode
+            name = self.ui.reviewSegmentComboBox.currentText
+            sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            self.logic.largest_disagreement_slice(parameters.referenceSegmentation, parameters.outputSegmentation,
+                                                  name, sliceNode, rank)
+            self._disagreementRank = rank
+            self.ui.disagreementLabel.text = _("{name}: slice with the #{rank} largest difference.").format(
+                name=name, rank=rank + 1)
+
+
+def ensureDependencies(requirementsPath: str) -> None:
+    """PyTorch through the PyTorch extension (asking the user, with a minimum version), then the packages of
+    requirements.txt that are missing; Slicer's own SimpleITK, numpy and requests are left alone."""
+    if slicer.util.getModuleLogic("PyTorchUtils") is None:
+        raise UserError(_("This module needs the PyTorch extension: install it from the Extensions Manager and "
+                          "restart Slicer."))
+    import PyTorchUtils
+
+    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torchLogic.torchInstalled():
+        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=f">={MINIMUM_TORCH}") is None:
+            raise UserError(_("PyTorch is needed to segment; it was not installed. Click Apply again to install it, "
+                              "or install it from the PyTorch Utils module."))
+    try:
+        import slicer.pydeps as pydeps  # Slicer >= 5.12 (slicer.packaging in some 5.11 builds)
+    except ImportError:
+        try:
+            import slicer.packaging as pydeps
+        except ImportError:
+            pydeps = None
+    if pydeps is not None and hasattr(pydeps, "pip_ensure"):
+        pydeps.pip_ensure(pydeps.load_requirements(requirementsPath), requester="HyperSpace Segmentation")
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for line in pathlib.Path(requirementsPath).read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            try:
+                if version(requirement.name) in requirement.specifier:
+                    continue
+            except PackageNotFoundError:
+                pass
+            missing.append(line.strip())
+    if missing:
+        if not slicer.util.confirmOkCancelDisplay(
+                _("HyperSpace Segmentation needs these Python packages: {packages}. Install them now?").format(
+                    packages=", ".join(missing))):
+            raise UserError(_("The packages {packages} are needed; they were not installed.").format(
+                packages=", ".join(missing)))
+        slicer.util.pip_install(missing)
+
+
+class HyperSpaceSegmentationLogic(ScriptedLoadableModuleLogic, HyperSpaceMRMLLogic):
+    """The engine's MRML logic (``HyperSpaceMRMLLogic``: segment, evaluate, largest_disagreement_slice, estimate,
+    segment_folder) with Slicer's scripted-module base and parameter node; runs the engine with PythonSlicer."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        HyperSpaceMRMLLogic.__init__(self)
+        self.pythonExecutable = python_slicer_executable() or sys.executable
+
+    def getParameterNode(self) -> HyperSpaceSegmentationParameterNode:
+        return HyperSpaceSegmentationParameterNode(super().getParameterNode())
 
 
 class HyperSpaceSegmentationTest(ScriptedLoadableModuleTest):
-    def setUp(self):
+    """End to end in Slicer: the sample scan segmented at 3 mm, evaluated against itself."""
+
+    def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
-    def runTest(self):
+    def runTest(self) -> None:
         self.setUp()
-        self.test_engine_imports_and_describes_default_model()
+        self.test_segment_sample_and_evaluate()
 
-    def test_engine_imports_and_describes_default_model(self):
-        from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, describe
-        from HyperSpaceSegmentationLib.io.model_file import load_model
+    def test_segment_sample_and_evaluate(self) -> None:
+        import SampleData
 
-        facts = describe(load_model(DEFAULT_MODEL), DEFAULT_MODEL)
-        self.assertEqual(facts["labels"]["3"], "white matter")
-        self.delayDisplay("Engine and default model OK")
+        self.delayDisplay(_("Loading the sample scan"))
+        volume = SampleData.downloadSample(SAMPLE_NAME)
+        self.assertIsNotNone(volume)
+        logic = HyperSpaceSegmentationLogic()
+
+        self.delayDisplay(_("Segmenting at 3 mm"))
+        segmentation = logic.segment(volume, 3, device="cpu")
+        segments = segmentation.GetSegmentation()
+        names = {segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())}
+        self.assertIn("white matter", names)
+        self.assertIs(segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()), volume)
+
+        self.delayDisplay(_("Evaluating the result against itself"))
+        table = logic.evaluate(segmentation, segmentation, tolerance=1.0)
+        self.assertEqual(table.GetNumberOfRows(), len(names))
+        dice = table.GetTable().GetColumnByName("dice")
+        self.assertTrue(all(abs(dice.GetValue(row) - 1.0) < 1e-9 for row in range(dice.GetNumberOfValues())))
+        self.delayDisplay(_("Test passed"))

@@ -41,6 +41,12 @@ def test_every_module_file_is_listed_in_cmake():
     assert all((MODULE / f).exists() for f in listed), "CMakeLists.txt lists a file that does not exist"
 
 
+def test_module_icon_is_a_128_pixel_png():
+    header = (MODULE / "Resources" / "Icons" / "HyperSpaceSegmentation.png").read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    assert (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")) == (128, 128)
+
+
 def test_catalog_entry_matches_the_extension():
     entry = json.loads((ROOT / "HyperSpaceSegmentation.json").read_text())
     assert set(entry) <= {"$schema", "category", "scm_url", "scm_revision", "build_dependencies", "tier"}

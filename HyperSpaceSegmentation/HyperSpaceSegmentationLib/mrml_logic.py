@@ -5,13 +5,14 @@
 goes under the same transform), runs ``hyperspace segment`` in a background process (``pythonExecutable``:
 PythonSlicer in Slicer) and reads the ``.seg.nrrd`` it writes into a new segmentation node. ``evaluate`` scores
 two segmentation nodes with the engine's metrics into a table node; ``largest_disagreement_slice`` moves a slice
-view to where they differ most. ``slicer`` and ``vtk`` are imported inside the functions, so that the engine
-package imports without Slicer. Nothing here opens a dialog.
+view to where they differ most. ``slicer``, ``vtk`` and the engine's torch-based parts are imported inside the
+functions, so that this file imports without Slicer, and in Slicer before the module installs its dependencies. Nothing here opens a dialog.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 import os
 import queue
 import shutil
@@ -23,13 +24,53 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import psutil
 
 from .errors import UserError
-from .progress import parse_progress_line, progress_fraction
 
 ENGINE_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds HyperSpaceSegmentationLib
 ERROR_PREFIX = "hyperspace: error: "
+VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")  # what segment_folder reads
+SEGMENTATION_SUFFIXES = (".seg.nrrd", *VOLUME_SUFFIXES)  # references: Slicer segmentations or label maps
+
+
+def python_slicer_executable() -> str | None:
+    """Slicer's ``PythonSlicer`` (on the PATH in Slicer, or next to this interpreter), or None outside Slicer."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    return str(beside) if beside.is_file() else None
+
+
+@dataclass(frozen=True)
+class SpacingEstimate:
+    """What a run at a spacing would work on: spacings in mm (x, y, z, axes after reorientation to LPS, as the
+    command line's ``--spacing``), the working grid, the estimated memory need and what the device has free."""
+
+    native: tuple[float, ...]
+    spacing: tuple[float, ...]
+    grid: tuple[int, ...]
+    memory_mb: float
+    available_mb: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.grid)
+
+
+@dataclass
+class BatchResult:
+    """The outcome of ``segment_folder``: cases done, cases failed (with why) and the results.csv written."""
+
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    results_csv: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """0: every case done; 1: some failed; 2: none done."""
+        return 0 if not self.failed else (1 if self.done else 2)
 
 
 class SegmentationJob:
@@ -70,6 +111,8 @@ class SegmentationJob:
 
     def poll(self) -> str:
         """Take in the output so far (never blocks); when the process has ended, load its result. Returns status."""
+        from .progress import parse_progress_line, progress_fraction
+
         while self.status == "running":
             try:
                 line = self._lines.get_nowait()
@@ -101,6 +144,8 @@ class SegmentationJob:
 
     def cancel(self) -> None:
         """End the process and all its children (on every platform) and remove the temporary folder."""
+        import psutil
+
         if self.status != "running":
             return
         try:
@@ -145,20 +190,148 @@ class HyperSpaceMRMLLogic:
 
     def __init__(self) -> None:
         self.pythonExecutable = sys.executable  # the Slicer module sets PythonSlicer
+        self._models: dict[str, Any] = {}
+        self._grids: dict[tuple, Any] = {}
 
-    def segment(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
-                model: str | os.PathLike | None = None, device: str = "auto", wait: bool = True) -> Any:
-        """Segment ``volumeNode`` with ``model`` (default: the embedded one) at ``spacing`` ("native", "auto", one
-        value in mm, or three: x y z as on the command line) and return a new ``vtkMRMLSegmentationNode`` on the
-        volume's grid, next to it in the subject hierarchy; with ``wait=False``, a ``SegmentationJob``."""
+    def segment_folder(self, inputFolder: str | os.PathLike, outputFolder: str | os.PathLike,
+                       spacing: str | float | Sequence[float | str] = "native", model: str | os.PathLike | None = None,
+                       device: str = "auto", referenceFolder: str | os.PathLike | None = None, tolerance: float = 1.0,
+                       overwrite: bool = False, log: Any = print) -> BatchResult:
+        """Segment every volume file of ``inputFolder`` (read with Slicer's storage node) into
+        ``outputFolder/CASE.seg.nrrd``. With ``referenceFolder`` (a segmentation or label map per case, same case
+        name), score the results into one MIST ``results.csv`` in ``outputFolder`` with the engine's evaluation. A
+        case that fails is reported through ``log`` and skipped; the scene is left as it was."""
+        from .evaluation import DEFAULT_METRICS, evaluate_batch, write_results_csv
+        from .io.images import check_output_path, check_writable
+
+        _spacing_words(spacing, None, None)  # settings checked before any work
+        if model is not None and not Path(model).is_file():
+            raise UserError(f"model file {model} does not exist: pick an existing model file, or None for the embedded one")
+        inputs = _case_files(inputFolder, VOLUME_SUFFIXES)
+        references = _case_files(referenceFolder, SEGMENTATION_SUFFIXES) if referenceFolder is not None else {}
+        output = Path(outputFolder)
+        output.mkdir(parents=True, exist_ok=True)
+        results_csv = output / "results.csv"
+        if referenceFolder is not None:
+            check_writable(results_csv, overwrite)  # before any work
+        result, cases = BatchResult(), []
+        for case, path in inputs.items():
+            target = output / f"{case}.seg.nrrd"
+            try:
+                check_output_path(target, overwrite)
+                self._segment_file(case, path, target, spacing, model, device)
+            except (UserError, RuntimeError, OSError) as error:
+                result.failed[case] = str(error)
+                log(f"{case}: failed, skipped: {error}")
+                continue
+            result.done.append(case)
+            log(f"{case}: wrote {target}")
+            if case in references:
+                cases.append({"id": case, "mask": str(references[case]), "prediction": str(target)})
+            elif referenceFolder is not None:
+                log(f"{case}: no reference named {case} in {referenceFolder}: not scored")
+        if cases:
+            rows = evaluate_batch(cases, None, DEFAULT_METRICS, tolerance)
+            for row in rows:
+                if "error" in row:
+                    log(f"{row['id']}: not scored: {row['error']}")
+            result.results_csv = write_results_csv(rows, results_csv, overwrite)
+            log(f"wrote {results_csv}")
+        return result
+
+    def _segment_file(self, case: str, path: Path, target: Path, spacing: Any, model: Any, device: str) -> None:
+        """Read one volume file into the scene, segment it, write the segmentation, and remove both nodes."""
+        import SimpleITK as sitk
         import slicer
 
-        from .inference import parse_spacing
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()  # a clear message, before Slicer's reader prints errors
+        except RuntimeError:
+            raise UserError(f"{path.name} is not a readable image file") from None
+        scene = slicer.mrmlScene
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(case))
+        segmentation = None
+        try:
+            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+            storage.SetFileName(str(path))
+            storage.SetSingleFile(True)  # not a numbered series with the folder's other files
+            if not storage.ReadData(volume):
+                raise UserError(f"{path.name} could not be read as a volume")
+            segmentation = self.segment(volume, spacing, model=model, device=device)
+            writer = slicer.vtkMRMLSegmentationStorageNode()
+            writer.SetFileName(str(target))
+            if not writer.WriteData(segmentation):
+                raise OSError(f"{target} could not be written")
+        finally:
+            for node in (segmentation, volume):
+                if node is not None:
+                    scene.RemoveNode(node)
+
+    def model_facts(self, model: str | os.PathLike | None = None) -> dict:
+        """What ``hyperspace info`` says about ``model`` (default: the embedded one): labels, spacing range, ..."""
+        from .cli import DEFAULT_MODEL, describe
+
+        return describe(self._model(model), Path(model or DEFAULT_MODEL))
+
+    def estimate(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
+                 model: str | os.PathLike | None = None, device: str = "auto",
+                 max_voxels: float | None = None) -> SpacingEstimate:
+        """The working spacing, grid and memory need of segmenting ``volumeNode`` at ``spacing`` (as ``segment``;
+        a time budget is left out: it needs a network run), with the engine's notes (a spacing outside the
+        trained range). Runs no network: fast enough to follow a slider."""
+        from .geometry import canonical, grid_size, physical_size
+        from .inference import Segmenter, SpacingRequest, parse_spacing
+        from .system import available_memory_mb, resolve_device
+
+        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
+            raise UserError("select a scalar volume node with image data")
+        request = parse_spacing(_spacing_words(spacing, max_voxels, None))
+        request = SpacingRequest(request.mode, request.values, max_voxels)
+        image = self._grid(volumeNode)
+        segmenter = Segmenter(self._model(model), device="cpu")
+        choice = segmenter.choose_spacing(image, request)
+        oriented = canonical(image)
+        return SpacingEstimate(
+            native=tuple(oriented.GetSpacing()), spacing=tuple(choice.spacing),
+            grid=grid_size(physical_size(oriented), choice.spacing),
+            memory_mb=segmenter.estimate_memory_mb(image, choice.spacing),
+            available_mb=available_memory_mb(resolve_device(device)), notes=list(choice.notes))
+
+    def _model(self, model: str | os.PathLike | None) -> Any:
+        """The model file, loaded once per path."""
+        from .cli import DEFAULT_MODEL
+        from .io.model_file import load_model
+
+        path = Path(model or DEFAULT_MODEL).resolve()
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist: pick an existing model file")
+        key = f"{path}:{path.stat().st_mtime_ns}"
+        if key not in self._models:
+            self._models = {key: load_model(path)}
+        return self._models[key]
+
+    def _grid(self, volumeNode: Any) -> Any:
+        """An empty image (one byte per voxel) on the volume's grid, in LPS; kept while the grid is the same."""
+        matrix = _ijk_to_ras(volumeNode)
+        key = (volumeNode.GetImageData().GetDimensions(), tuple(matrix.ravel()))
+        if key not in self._grids:
+            self._grids = {key: _grid_image(volumeNode.GetImageData().GetDimensions(), matrix)}
+        return self._grids[key]
+
+    def segment(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
+                model: str | os.PathLike | None = None, device: str = "auto", wait: bool = True,
+                max_voxels: float | None = None, max_seconds: float | None = None) -> Any:
+        """Segment ``volumeNode`` with ``model`` (default: the embedded one) at ``spacing`` ("native", "auto", one
+        value in mm, or three: x y z as on the command line) and return a new ``vtkMRMLSegmentationNode`` on the
+        volume's grid, next to it in the subject hierarchy; with ``wait=False``, a ``SegmentationJob``.
+        ``max_voxels`` and ``max_seconds`` are the budgets of ``spacing="auto"`` (``--max-voxels``, ``--max-seconds``)."""
+        import slicer
 
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
             raise UserError("select a scalar volume node with image data to segment")
-        words = spacing.split() if isinstance(spacing, str) else [str(v) for v in np.atleast_1d(spacing).tolist()]
-        parse_spacing(words)  # the command line's own check, before any work
+        words = _spacing_words(spacing, max_voxels, max_seconds)  # the command line's own checks, before any work
         if model is not None and not Path(model).is_file():
             raise UserError(f"model file {model} does not exist: pick an existing model file, or None for the embedded one")
         folder = tempfile.mkdtemp(prefix="hyperspace-")
@@ -171,6 +344,9 @@ class HyperSpaceMRMLLogic:
                 raise UserError(f"volume {volumeNode.GetName()} could not be written to {folder}: free disk space there")
             command = [self.pythonExecutable, "-m", "HyperSpaceSegmentationLib.cli", "segment", source, "-o", output,
                        "--spacing", *words, "--device", device, "--progress-lines"]
+            for option, value in (("--max-voxels", max_voxels), ("--max-seconds", max_seconds)):
+                if value is not None:
+                    command += [option, repr(float(value))]
             if model is not None:
                 command += ["--model", str(Path(model).resolve())]
             job = SegmentationJob(command, folder, output, volumeNode)
@@ -302,7 +478,6 @@ def _on_reference_grid(reference: Any, prediction: Any, names: Sequence[str], ke
     """The named segments of both nodes as engine ``Segmentation``s on the reference's grid (its reference geometry,
     else the extent of its segments; the prediction resampled there by Slicer, transforms applied). With
     ``keep_geometry``, also the label map node that holds the grid (the caller removes it)."""
-    import SimpleITK as sitk
     import slicer
     import slicer.util
 
@@ -314,13 +489,7 @@ def _on_reference_grid(reference: Any, prediction: Any, names: Sequence[str], ke
         logic = slicer.modules.segmentations.logic()
         if not logic.ExportAllSegmentsToLabelmapNode(reference, geometry, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
             raise RuntimeError(f"segmentation {reference.GetName()} could not be exported to a label map")
-        matrix = _ijk_to_ras(geometry)
-        spacing = np.linalg.norm(matrix[:3, :3], axis=0)
-        lps = np.diag([-1.0, -1.0, 1.0])
-        grid = sitk.Image(*geometry.GetImageData().GetDimensions(), sitk.sitkUInt8)
-        grid.SetSpacing(spacing.tolist())
-        grid.SetOrigin((lps @ matrix[:3, 3]).tolist())
-        grid.SetDirection((lps @ matrix[:3, :3] / spacing).ravel().tolist())
+        grid = _grid_image(geometry.GetImageData().GetDimensions(), _ijk_to_ras(geometry))
         results = []
         for node in (reference, prediction):
             segments, values = {}, np.zeros(grid.GetSize()[::-1], np.int32)
@@ -337,6 +506,52 @@ def _on_reference_grid(reference: Any, prediction: Any, names: Sequence[str], ke
         return results[0], results[1], geometry
     scene.RemoveNode(geometry)
     return results[0], results[1]
+
+
+def _case_files(folder: str | os.PathLike, suffixes: Sequence[str]) -> dict[str, Path]:
+    """The files of ``folder`` with one of ``suffixes`` (the first that matches wins), by case name (the file name
+    without it), sorted; a folder with none is a ``UserError``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder: give the folder that holds the files")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        suffix = next((s for s in suffixes if path.name.lower().endswith(s)), None)
+        if suffix is None or not path.is_file() or path.name.lower().endswith(".seg.nrrd") != (suffix == ".seg.nrrd"):
+            continue
+        case = path.name[: -len(suffix)]
+        if case in files:
+            raise UserError(f"{folder} has two files for case {case!r} ({files[case].name}, {path.name}): keep one")
+        files[case] = path
+    if not files:
+        raise UserError(f"{folder} holds no file ending in {', '.join(suffixes)}")
+    return files
+
+
+def _spacing_words(spacing: str | float | Sequence[float | str], max_voxels: float | None,
+                   max_seconds: float | None) -> list[str]:
+    """``spacing`` as the command line's words, checked as the command line checks them."""
+    from .inference import SpacingRequest, parse_spacing
+
+    words = spacing.split() if isinstance(spacing, str) else [str(v) for v in np.atleast_1d(spacing).tolist()]
+    request = parse_spacing(words)
+    if (max_voxels is not None or max_seconds is not None) and request.mode != "auto":
+        raise UserError("a voxel or time budget applies to spacing \"auto\": choose auto, or leave the budget out")
+    SpacingRequest(request.mode, request.values, max_voxels, max_seconds)
+    return words
+
+
+def _grid_image(dimensions: Sequence[int], ijk_to_ras: np.ndarray) -> Any:
+    """An empty SimpleITK image (one byte per voxel) on the grid of an IJK-to-RAS matrix, in LPS."""
+    import SimpleITK as sitk
+
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    grid = sitk.Image(*[int(n) for n in dimensions], sitk.sitkUInt8)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetOrigin((lps @ ijk_to_ras[:3, 3]).tolist())
+    grid.SetDirection((lps @ ijk_to_ras[:3, :3] / spacing).ravel().tolist())
+    return grid
 
 
 def _ijk_to_ras(volumeNode: Any) -> np.ndarray:
