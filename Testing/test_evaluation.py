@@ -405,3 +405,94 @@ def test_segments_named_in_one_file_only_score_as_missed_or_extra(tmp_path):
     assert row["cyst_vol_pred"] == pytest.approx((array == 2).sum() * 0.8 * 0.9 * 2.0 / 1000)
     swapped = evaluate_files(prediction, reference, metrics=["dice"])
     assert swapped["cyst_dice"] == 0.0 and swapped["cyst_empty"] == "prediction"
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"[1, 2]", "must be a JSON object"),
+    (b"\xff\xfe{", "not UTF-8"),
+    (b'{"classes": {"w": [1.5]}}', "integer label values"),
+    (b'{"classes": {"w": [true]}}', "integer label values"),
+    (b'{"classes": {"w": ["a"]}}', "integer label values"),
+    (b'{"metrics": ["dice", 3]}', "'metrics' must be"),
+    (b'{"tolerance": "wide"}', "'tolerance' must be"),
+])
+def test_malformed_configs_give_one_line_errors(tmp_path, capsys, content, expected):
+    reference, prediction = two_label_case(tmp_path, "x")
+    config = tmp_path / "c.json"
+    config.write_bytes(content)
+    code, _, err = run(capsys, "evaluate", reference, prediction, "--config", config)
+    assert code == 2 and err.startswith("hyperspace: error:") and err.count("\n") == 1, err
+    assert expected in err
+
+
+def test_a_single_metric_string_in_a_config_is_one_metric(tmp_path, capsys):
+    reference, prediction = two_label_case(tmp_path, "x")
+    config = tmp_path / "c.json"
+    config.write_text('{"metrics": "dice"}')
+    code, out, err = run(capsys, "evaluate", reference, prediction, "--config", config, "--json")
+    assert code == 0, err
+    assert {key for key in json.loads(out) if key.endswith("_dice")} == {"1_dice", "2_dice"}
+    assert not any(key.endswith("_haus95") for key in json.loads(out))
+
+
+@pytest.mark.parametrize("label", ["1,,2", "1.5", "", "1,2,", " "])
+def test_malformed_label_values_are_refused(tmp_path, capsys, label):
+    reference, prediction = two_label_case(tmp_path, "x")
+    code, _, err = run(capsys, "evaluate", reference, prediction, "--labels", label)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{label!r} is not a valid label value or group" in err and "segments: none" not in err
+
+
+def test_a_name_on_plain_label_maps_says_names_are_for_segments(tmp_path, capsys):
+    reference, prediction = two_label_case(tmp_path, "x")
+    code, _, err = run(capsys, "evaluate", reference, prediction, "--labels", "liver")
+    assert code == 2 and err.count("\n") == 1 and "'liver' is not a valid label value or group" in err, err
+    assert ".seg.nrrd" in err
+
+
+@pytest.mark.parametrize("which", ["reference", "prediction"])
+def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, capsys, which, monkeypatch):
+    reference, prediction = two_label_case(tmp_path, "x")
+    target = tmp_path / "same.csv"
+    target.write_bytes({"reference": reference, "prediction": prediction}[which].read_bytes())
+    argv = [target, prediction] if which == "reference" else [reference, target]
+    monkeypatch.chdir(tmp_path)
+    before = target.read_bytes()
+    code, _, err = run(capsys, "evaluate", *argv, "-o", "./same.csv", "--overwrite")
+    assert code == 2 and err.count("\n") == 1 and f"is the {which}" in err, err
+    assert target.read_bytes() == before
+
+
+def test_a_folder_as_config_is_called_a_folder(tmp_path, capsys):
+    reference, prediction = two_label_case(tmp_path, "x")
+    code, _, err = run(capsys, "evaluate", reference, prediction, "--config", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "is a folder" in err and "does not exist" not in err, err
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("origin", "has origin (0, 0, 0); prediction {} has origin (5, 0, 0)"),
+    ("spacing", "has spacing (1, 1, 1); prediction {} has spacing (2, 1, 1)"),
+    ("size", "has size (4, 5, 6); prediction {} has size (4, 5, 7)"),
+    ("dimension", "is 3D, prediction {} 2D"),
+])
+def test_grid_differences_name_each_file_with_its_own_values(tmp_path, capsys, change, expected):
+    array = np.zeros((6, 5, 4), np.uint8)
+    array[2:4, 2:4, 1:3] = 1
+    reference = write_image(tmp_path / "x_ref.nrrd", array, (1.0, 1.0, 1.0))
+    other = {"origin": lambda: write_image(tmp_path / "x_pred.nrrd", array, (1.0, 1.0, 1.0), origin=(5.0, 0.0, 0.0)),
+             "spacing": lambda: write_image(tmp_path / "x_pred.nrrd", array, (1.0, 1.0, 2.0)),
+             "size": lambda: write_image(tmp_path / "x_pred.nrrd", np.zeros((7, 5, 4), np.uint8), (1.0, 1.0, 1.0)),
+             "dimension": lambda: write_image(tmp_path / "x_pred.nrrd", array[3], (1.0, 1.0), origin=(0.0, 0.0)),
+             }[change]()
+    code, _, err = run(capsys, "evaluate", reference, other)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"reference {reference} {expected.format(other)}" in err
+
+
+def test_two_empty_images_without_labels_are_an_error(tmp_path, capsys):
+    empty = write_image(tmp_path / "empty.nrrd", np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0))
+    code, out, err = run(capsys, "evaluate", empty, empty)
+    assert code == 2 and err.count("\n") == 1 and "no foreground label" in err and "--labels" in err, err
+    assert out == ""
+    code, out, err = run(capsys, "evaluate", empty, empty, "--labels", "1", "--metrics", "dice")
+    assert code == 0 and out.splitlines()[1].split() == ["1", "1"]

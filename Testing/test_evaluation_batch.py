@@ -101,3 +101,52 @@ def test_workers_below_one_are_refused(tmp_path, capsys, masks, workers):
     cases = write_csv(tmp_path, "id,mask,prediction\na,ref.nii.gz,same.nii.gz\n")
     code, _, err = run(capsys, "evaluate", "--paths-csv", cases, "--workers", workers)
     assert code == 2 and err.count("\n") == 1 and f"--workers {workers}" in err, err
+
+
+def test_output_that_is_the_case_list_is_refused_even_with_overwrite(tmp_path, capsys, masks):
+    cases = write_csv(tmp_path, "id,mask,prediction\na,ref.nii.gz,same.nii.gz\n")
+    before = cases.read_bytes()
+    code, _, err = run(capsys, "evaluate", "--paths-csv", cases, "-o", tmp_path / "." / "cases.csv", "--overwrite")
+    assert code == 2 and err.count("\n") == 1 and "is the paths CSV" in err, err
+    assert cases.read_bytes() == before
+
+
+def test_a_folder_as_case_list_is_called_a_folder(tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", "--paths-csv", tmp_path)
+    assert code == 2 and err.count("\n") == 1 and "is a folder" in err and "does not exist" not in err, err
+
+
+def test_a_class_in_some_cases_only_scores_perfect_where_absent(tmp_path, capsys, masks):
+    array = np.zeros((8, 8, 20), np.uint8)
+    array[2:6, 2:6, 2:6] = 2
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "two.nii.gz"))
+    cases = write_csv(tmp_path, "id,mask,prediction\none,ref.nii.gz,same.nii.gz\ntwo,two.nii.gz,two.nii.gz\n")
+    output = tmp_path / "results.csv"
+    code, out, err = run(capsys, "evaluate", "--paths-csv", cases, "--metrics", "dice", "haus95", "-o", output)
+    assert code == 0, err
+    lines = output.read_text().splitlines()
+    assert lines[0] == "id,1_dice,1_haus95,1_empty,2_dice,2_haus95,2_empty"
+    assert lines[1] == "one,1,0,none,1,0,both" and lines[2] == "two,1,0,both,1,0,none"
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert sorted(notes) == [f"note: class {label} is in neither the reference nor the prediction ({case}), so it scores "
+                             "as a perfect match (MIST's convention): check the class list if that is unexpected"
+                             for label, case in (("1", "two"), ("2", "one"))]
+
+
+def test_a_batch_with_no_foreground_anywhere_is_an_error(tmp_path, capsys):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.uint8)), str(tmp_path / "empty.nii.gz"))
+    cases = write_csv(tmp_path, "id,mask,prediction\na,empty.nii.gz,empty.nii.gz\n")
+    code, out, err = run(capsys, "evaluate", "--paths-csv", cases)
+    errors = [line for line in err.splitlines() if line.startswith("hyperspace: error:")]
+    assert code == 2 and len(errors) == 1 and "no foreground label in any case" in errors[0] and out == "", err
+
+
+def test_workers_are_capped_at_the_number_of_cases(tmp_path, masks, monkeypatch):
+    from HyperSpaceSegmentationLib.evaluation import evaluate as module
+
+    sizes = []
+    real = module.ProcessPoolExecutor
+    monkeypatch.setattr(module, "ProcessPoolExecutor", lambda max_workers: sizes.append(max_workers) or real(max_workers))
+    cases = [{"id": name, "mask": str(masks["ref"]), "prediction": str(masks[name])} for name in ("same", "apart")]
+    rows = module.evaluate_batch(cases, None, ["dice"], 1.0, workers=1000)
+    assert [row["1_dice"] for row in rows] == [1.0, 0.0] and sizes == [min(2, module.os.cpu_count() or 1)]

@@ -13,7 +13,7 @@ from HyperSpaceSegmentationLib.evaluation import evaluate_files
 from HyperSpaceSegmentationLib.errors import UserError
 from HyperSpaceSegmentationLib.io.images import atomic_output, read_image, write_labels
 
-from conftest import OBLIQUE, phantom
+from conftest import OBLIQUE, phantom, tiny_model
 
 NAMES = {0: "background", 1: "liver", 2: "spleen", 4: "tumour"}
 COLORS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 4: (0.2, 0.3, 0.95)}
@@ -294,3 +294,72 @@ def test_nan_and_infinite_voxels_give_a_note(tmp_path, capsys, tiny_model_file):
     code, _, err = run(capsys, "segment", tmp_path / "nan.nrrd", "-o", tmp_path / "seg.nrrd", "--model", tiny_model_file)
     assert code == 0, err
     assert "note: 4 voxels are NaN or infinite; they are treated as 0" in err
+
+
+# --- found by the hostile-input round ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("output,words", [("", ["output name is empty"]), ("labels.mhd", ["unsupported output format"]),
+                                          ("labels.nhdr", ["unsupported output format"])])
+def test_outputs_that_cannot_be_one_file_are_refused(output, words, tmp_path, capsys, image_file, tiny_model_file,
+                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "segment", image_file, "-o", output, "--model", tiny_model_file)
+    assert_one_line_error(code, err, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([image_file.name, tiny_model_file.name])
+
+
+def test_a_failed_demo_leaves_no_folder_behind(tmp_path, capsys):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    code, _, err = run(capsys, "demo", "--output-dir", tmp_path / "new" / "demo", "--model", broken)
+    assert_one_line_error(code, err, "corrupt")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path, capsys, tiny_model_file):
+    from test_cli import write_dicom_series
+
+    image, _ = phantom(size=(24, 20, 10), spacing=(0.8, 0.8, 2.0))
+    write_dicom_series(image, tmp_path / "series")
+    slices = sorted((tmp_path / "series").iterdir())
+    slices[len(slices) // 2].unlink()
+    output = tmp_path / "out.nrrd"
+    code, _, err = run(capsys, "segment", tmp_path / "series", "-o", output, "--model", tiny_model_file)
+    assert_one_line_error(code, err, "unevenly spaced slices", "2 to 4 mm")
+    assert not output.exists()
+
+
+def test_a_model_with_nan_weights_is_refused_as_corrupt(tmp_path, capsys, image_file):
+    import torch
+
+    from HyperSpaceSegmentationLib.io.model_file import save_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        next(model.trainable().parameters()).fill_(float("nan"))
+    path = save_model(model, tmp_path / "nan.pt")
+    for argv in (["info", path], ["segment", image_file, "-o", tmp_path / "out.nrrd", "--model", path]):
+        code, _, err = run(capsys, *argv)
+        assert_one_line_error(code, err, "corrupt", "NaN")
+
+
+def test_mr_normalisation_z_scores_the_foreground_and_survives_huge_intensities():
+    from HyperSpaceSegmentationLib.preprocessing import Normalisation
+
+    image, _ = phantom(size=(24, 20, 16))  # 0 outside the object, about 100 and 200 inside
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    normal = Normalisation("mr").apply(array)
+    inside = array != 0
+    assert normal[inside].mean() == pytest.approx(0.0, abs=1e-5) and normal[inside].std() == pytest.approx(1.0, abs=1e-4)
+    assert np.all(normal[~inside] == 0)
+    assert np.allclose(Normalisation("mr").apply(array * np.float32(1e30)), normal, atol=1e-4)
+
+
+def test_the_memory_error_suggests_a_spacing_that_the_command_line_takes(tmp_path, capsys, image_file, tiny_model_file):
+    from HyperSpaceSegmentationLib.inference import parse_spacing
+
+    code, _, err = run(capsys, "segment", image_file, "-o", tmp_path / "o.nrrd", "--model", tiny_model_file,
+                       "--spacing", "0.002", "--allow-extrapolation")
+    assert_one_line_error(code, err, "coarser spacing")
+    suggestion = err.strip().splitlines()[-1].split("--spacing ")[1].split()
+    assert parse_spacing(suggestion).mode == "explicit" and len(suggestion) == 3

@@ -164,7 +164,7 @@ def read_only_folder(tmp_path):
 def test_read_only_output_folder_is_refused_before_training(tmp_path, capsys, read_only_folder):
     dataset = write_dataset(tmp_path)
     assert_refused(capsys, tmp_path, [dataset, "-o", read_only_folder, *FAST], "cannot write in folder", "locked")
-    assert_refused(capsys, tmp_path, [dataset, "-o", read_only_folder / "run", *FAST], "cannot create the run folder")
+    assert_refused(capsys, tmp_path, [dataset, "-o", read_only_folder / "run", *FAST], "cannot create the folder")
 
 
 def test_validation_dice_is_reported_at_checkpoints_and_recorded(tmp_path, capsys):
@@ -194,3 +194,24 @@ def test_validation_dice_is_reported_at_checkpoints_and_recorded(tmp_path, capsy
         a, b = predicted == value, truth == value
         assert final["native"][name] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()), abs=1e-3)
     assert final["native"]["core"] > 0.5  # and it has learnt something
+
+
+def test_dataset_mistakes_found_by_trying_are_refused_and_leave_no_run_folder(tmp_path, capsys):
+    dataset = write_dataset(tmp_path)
+    spec = json.loads(dataset.read_text())
+    cases = {
+        "colour-range": ({**spec, "colors": {"1": [2, 0, 0]}}, ["colour of label 1", "0-1"]),
+        "colour-undeclared": ({**spec, "colors": {"7": [1, 0, 0]}}, ["label 7", "does not declare"]),
+    }
+    for name, (content, words) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(content))
+        assert_refused(capsys, tmp_path, [path, "-o", tmp_path / "runs" / name, *FAST], *words)
+        assert not (tmp_path / "runs").exists()
+    assert_refused(capsys, tmp_path, [tmp_path, "-o", tmp_path / "runs" / "folder", *FAST], "is a folder")
+    (tmp_path / "flat").mkdir()
+    slice_ = sitk.GetImageFromArray(np.random.default_rng(0).random((20, 24)).astype(np.float32))
+    stripes = sitk.GetImageFromArray((np.arange(480).reshape(20, 24) % 2).astype(np.uint8))
+    flat = write_dataset(tmp_path / "flat", image=slice_, label=stripes)
+    assert_refused(capsys, tmp_path, [flat, "-o", tmp_path / "runs" / "flat", *FAST], "--dim 2")
+    assert not (tmp_path / "runs").exists()

@@ -168,6 +168,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from .io.images import check_image, check_output_path, nonfinite_note, read_image, write_labels
     from .progress import Reporter
 
+    if not args.output.strip():
+        raise UserError("the output name is empty: give a file name such as labels.seg.nrrd with -o")
     if Path(args.output).exists() and Path(args.input).exists() and os.path.samefile(args.output, args.input):
         raise UserError(f"{args.output}: the output is the input image; choose another output name")
     check_output_path(args.output, args.overwrite)
@@ -241,31 +243,26 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .io.images import check_output_path
+    from .io.images import check_output_path, output_folder
 
     if not SAMPLE_SCAN.is_file():
         raise UserError(f"the bundled sample {SAMPLE_SCAN} is missing: reinstall hyperspace-segmentation")
-    folder = Path(args.output_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the folder {folder} ({error.strerror or type(error).__name__}): give "
-                        "--output-dir a folder you can write in") from None
     runs = (("native", "native-1.5mm"), ("3", "coarse-3mm"))
-    for _, name in runs:  # every result checked before any is written
-        check_output_path(folder / f"{name}.seg.nrrd", args.overwrite)
-    print(f"sample: {SAMPLE_SCAN.name} (MNI152 T1 template at 1.5 mm); results in {folder.resolve()}")
-    for spacing, name in runs:
-        output = folder / f"{name}.seg.nrrd"
-        start = time.perf_counter()
-        argv = ["segment", str(SAMPLE_SCAN), "-o", str(output), "--spacing", spacing, "--device", args.device,
-                "--quiet"]
-        if args.model:
-            argv += ["--model", args.model]
-        if args.overwrite:
-            argv.append("--overwrite")
-        run_segment(_parser().parse_args(argv))
-        print(f"  {name}: {output} in {time.perf_counter() - start:.1f} s")
+    with output_folder(args.output_dir, "--output-dir") as folder:  # removed again if the demo fails
+        for _, name in runs:  # every result checked before any is written
+            check_output_path(folder / f"{name}.seg.nrrd", args.overwrite)
+        print(f"sample: {SAMPLE_SCAN.name} (MNI152 T1 template at 1.5 mm); results in {folder.resolve()}")
+        for spacing, name in runs:
+            output = folder / f"{name}.seg.nrrd"
+            start = time.perf_counter()
+            argv = ["segment", str(SAMPLE_SCAN), "-o", str(output), "--spacing", spacing, "--device", args.device,
+                    "--quiet"]
+            if args.model:
+                argv += ["--model", args.model]
+            if args.overwrite:
+                argv.append("--overwrite")
+            run_segment(_parser().parse_args(argv))
+            print(f"  {name}: {output} in {time.perf_counter() - start:.1f} s")
     print("open the .seg.nrrd files over the sample in 3D Slicer to compare them")
     return 0
 
@@ -297,7 +294,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import math
 
     from .evaluation import DEFAULT_METRICS, evaluate_batch, evaluate_files, write_results_csv
-    from .evaluation.evaluate import check_metrics, class_names, empty_class_notes, read_paths_csv, results_table
+    from .evaluation.evaluate import (
+        check_metrics, check_not_an_input, class_names, empty_class_notes, read_paths_csv, results_table,
+    )
     from .evaluation.labels import classes_from_labels, load_config
     from .io.images import check_writable
     from .progress import Reporter
@@ -316,6 +315,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         if not args.output.lower().endswith(".csv"):
             raise UserError(f"{args.output}: results are written as CSV; give a name ending in .csv")
+        check_not_an_input(args.output, {"paths CSV": args.paths_csv, "reference": args.reference,
+                                         "prediction": args.prediction})
         check_writable(args.output, args.overwrite)
     if args.paths_csv:
         cases = read_paths_csv(args.paths_csv)
@@ -330,6 +331,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         rows = [{"id": Path(args.prediction).name, **evaluate_files(
             args.reference, args.prediction, classes, metrics, tolerance, args.resample_to_reference)}]
+    if not any(class_names(row) for row in rows):
+        source = f"any case of {args.paths_csv}" if args.paths_csv else f"{args.reference} or {args.prediction}"
+        raise UserError(f"no foreground label in {source}, so there is nothing to score: pass --labels (or a "
+                        "config's classes) to score classes anyway (a class in neither image scores as a perfect match)")
     for note in empty_class_notes(rows):
         print(f"note: {note}", file=sys.stderr)
     if args.output:

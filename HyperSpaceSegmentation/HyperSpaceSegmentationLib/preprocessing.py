@@ -47,9 +47,9 @@ class Normalisation:
         mask = values != 0
         if mask.sum() < 0.01 * values.size:
             mask = np.ones_like(mask)
-        inside = values[mask]
-        values -= inside.mean()
-        values /= max(float(inside.std()), 1e-6)
+        inside = values[mask].astype(np.float64)  # float32 squares overflow for intensities beyond ~1e19
+        values -= np.float32(inside.mean())
+        values /= np.float32(max(float(inside.std()), 1e-6))
         values[~mask] = 0.0
         return values
 

@@ -38,11 +38,10 @@ def check_metrics(names: Sequence[str]) -> list[str]:
 
 def align(reference: Segmentation, prediction: Segmentation, resample: bool, names: tuple[str, str]) -> Segmentation:
     """The prediction on the reference grid: unchanged if the grids match, resampled (nearest) if allowed."""
-    difference = grid_difference(reference.image, prediction.image)
-    if not difference:
+    if not grid_difference(reference.image, prediction.image):
         return prediction
     if not resample:
-        raise UserError(f"{names[1]} and {names[0]} are on different grids ({difference}): "
+        raise UserError(f"the images are on different grids ({grid_mismatch(reference.image, prediction.image, names)}): "
                         "pass --resample-to-reference to resample the prediction")
     moved = sitk.GetImageFromArray(prediction.values.astype(np.int32))
     moved.CopyInformation(prediction.image)
@@ -53,6 +52,24 @@ def align(reference: Segmentation, prediction: Segmentation, resample: bool, nam
         image.CopyInformation(prediction.image)
         segments[name] = sitk.GetArrayFromImage(resample_labels(image, reference.image)).astype(bool)
     return Segmentation(reference.image, values, segments, value_names=prediction.value_names)
+
+
+def grid_mismatch(reference: sitk.Image, prediction: sitk.Image, names: tuple[str, str]) -> str:
+    """How the grids differ, each file named with its own values: 'reference A has origin (0, 0, 0), ...'."""
+    if reference.GetDimension() != prediction.GetDimension():
+        return (f"reference {names[0]} is {reference.GetDimension()}D, "
+                f"prediction {names[1]} {prediction.GetDimension()}D")
+    differences = []
+    for label in ("size", "spacing", "origin", "direction"):
+        a, b = (getattr(image, f"Get{label.capitalize()}")() for image in (reference, prediction))
+        if not np.allclose(a, b, atol=1e-4, rtol=0):  # grid_difference's tolerance
+            differences.append((label, a, b))
+    return (f"reference {names[0]} has " + ", ".join(f"{label} {_values(a)}" for label, a, _ in differences)
+            + f"; prediction {names[1]} has " + ", ".join(f"{label} {_values(b)}" for label, _, b in differences))
+
+
+def _values(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 def evaluate_pair(
@@ -100,6 +117,8 @@ def read_paths_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     rows whose cells are all blank. Every case needs all three values and a unique id.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"paths CSV {path} is a folder: give the CSV file with --paths-csv")
     if not path.is_file():
         raise UserError(f"paths CSV {path} does not exist: check the --paths-csv path")
     try:
@@ -150,8 +169,10 @@ def evaluate_batch(
     cases: list[dict[str, str]], classes: Sequence[ClassSpec] | None, metrics: Sequence[str], tolerance: float,
     resample: bool = False, workers: int = 1, update: Callable[[int], None] | None = None,
 ) -> list[dict[str, float | str]]:
-    """Score every case (in ``workers`` processes); a failing case keeps its row with an ``error``."""
+    """Score every case (in up to ``workers`` processes, no more than cases or CPUs); a failing case keeps its
+    row with an ``error``. Without ``classes``, every case is scored for every class found in any case."""
     jobs = [(case, classes, metrics, tolerance, resample) for case in cases]
+    workers = min(workers, len(jobs), os.cpu_count() or 1)
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers)) if workers > 1 else None
         results = []
@@ -159,7 +180,35 @@ def evaluate_batch(
             results.append(result)
             if update:
                 update(1)
-        return results
+    return results if classes is not None else _score_absent_classes(results, metrics, tolerance)
+
+
+def _score_absent_classes(rows: list[dict[str, float | str]], metrics: Sequence[str],
+                          tolerance: float) -> list[dict[str, float | str]]:
+    """Give each scored case every class of the batch, in label order: a class it lacks is in neither of its
+    images, which scores as both empty (a perfect match)."""
+    names = list(dict.fromkeys(name for row in rows for name in class_names(row)))
+    names.sort(key=lambda name: (0, int(name)) if name.lstrip("-").isdigit() else (1, 0))  # stable for names
+    nothing = np.zeros((1, 1, 1), dtype=bool)
+    both_empty = Comparison(nothing, nothing, (1.0, 1.0, 1.0), tolerance)
+    absent = {**{metric: compute(METRICS[metric], both_empty) for metric in metrics}, "empty": both_empty.empty}
+    return [row if "error" in row else
+            {"id": row["id"], **{f"{name}_{key}": row.get(f"{name}_{key}", value)
+                                 for name in names for key, value in absent.items()}}
+            for row in rows]
+
+
+def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output file that is one of the inputs (``{role: path}``), which writing would destroy."""
+    for role, path in inputs.items():
+        if not path:
+            continue
+        if os.path.exists(output) and os.path.exists(path):
+            same = os.path.samefile(output, path)
+        else:
+            same = Path(output).resolve() == Path(path).resolve()
+        if same:
+            raise UserError(f"output {output} is the {role}: choose another name for the results")
 
 
 def class_names(columns: Iterable[str]) -> list[str]:

@@ -38,6 +38,8 @@ class Segmentation:
                 return self.segments[spec.segment]
             if absent_is_empty:
                 return np.zeros(self.values.shape, dtype=bool)
+            if not self.segments:
+                raise invalid_label(spec.segment)
             raise UserError(f"no segment named {spec.segment!r} (segments: {', '.join(self.segments) or 'none'}): "
                             "check the class names")
         return np.isin(self.values, spec.labels)
@@ -114,6 +116,12 @@ def default_classes(reference: Segmentation, prediction: Segmentation) -> list[C
     return [ClassSpec(names.get(v, str(v)), labels=(v,)) for v in values]
 
 
+def invalid_label(item: str) -> UserError:
+    """The error for a ``--labels`` item that is neither label values nor, in a .seg.nrrd, a segment name."""
+    return UserError(f"{item!r} is not a valid label value or group: label values are integers (2), groups "
+                     "comma-separated integers (1,2,3); names are for .seg.nrrd segments")
+
+
 def classes_from_labels(labels: list[str]) -> list[ClassSpec]:
     """``--labels``: label values (``2``), groups (``1,2,3``) or segment names."""
     classes = []
@@ -122,6 +130,8 @@ def classes_from_labels(labels: list[str]) -> list[ClassSpec]:
         if all(p.strip().lstrip("-").isdigit() for p in parts):
             values = tuple(int(p) for p in parts)
             classes.append(ClassSpec("+".join(map(str, values)), labels=values))
+        elif not item.strip() or set(item) <= set("0123456789+-., "):
+            raise invalid_label(item)  # blank, or numbers that are not integers (1.5, 1,,2, 1,2,)
         else:
             classes.append(ClassSpec(item, segment=item))
     return classes
@@ -130,18 +140,34 @@ def classes_from_labels(labels: list[str]) -> list[ClassSpec]:
 def load_config(path: str | os.PathLike) -> tuple[list[ClassSpec] | None, list[str] | None, float | None]:
     """(classes, metrics, tolerance) from a MIST-style JSON config; absent keys give ``None``."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a folder: give the JSON file in it with --config")
     if not path.is_file():
         raise UserError(f"config file {path} does not exist: check the --config path")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise UserError(f"config file {path} is not UTF-8 text: save it as a UTF-8 JSON file") from None
     except json.JSONDecodeError as error:
         raise UserError(f"config file {path} is not valid JSON ({error}): fix its syntax") from None
+    if not isinstance(config, dict):
+        raise UserError(f"config file {path}: the config must be a JSON object, like "
+                        '{"classes": {"tumour": [1, 2]}, "metrics": ["dice"], "tolerance": 1.0}')
     groups = config.get("classes", config.get("final_classes"))
     classes = None
     if groups is not None:
-        if not isinstance(groups, dict) or not all(isinstance(v, list) and v for v in groups.values()):
-            raise UserError(f"config file {path}: 'classes' must map names to lists of label values")
-        classes = [ClassSpec(name, labels=tuple(int(v) for v in values)) for name, values in groups.items()]
+        if not isinstance(groups, dict) or not all(
+            isinstance(v, list) and v and all(type(label) is int for label in v) for v in groups.values()
+        ):
+            raise UserError(f"config file {path}: 'classes' must map names to lists of integer label values, "
+                            'like {"whole tumour": [1, 2, 3]}')
+        classes = [ClassSpec(name, labels=tuple(values)) for name, values in groups.items()]
     metrics = config.get("metrics")
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if metrics is not None and not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+        raise UserError(f"config file {path}: 'metrics' must be a list of metric names, like [\"dice\", \"haus95\"]")
     tolerance = config.get("tolerance")
+    if tolerance is not None and type(tolerance) not in (int, float):
+        raise UserError(f"config file {path}: 'tolerance' must be a number of mm, like 1.0")
     return classes, metrics, float(tolerance) if tolerance is not None else None

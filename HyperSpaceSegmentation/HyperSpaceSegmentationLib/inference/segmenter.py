@@ -90,6 +90,7 @@ class Segmenter:
         self.cache_size = cache_size
         self._networks: OrderedDict[tuple[float, ...], nn.Module] = OrderedDict()
         self._seconds_per_voxel_measured: float | None = None
+        self._last_extent: tuple[tuple | None, tuple[float, ...]] = (None, ())
 
     # networks -------------------------------------------------------------------------------------
     def network_for(self, spacing_zyx: Sequence[float]) -> nn.Module:
@@ -175,13 +176,16 @@ class Segmenter:
             notes.append(f"native spacing {_mm(native)} is coarser than the trained range {low:g}-{high:g} mm on some "
                          f"axes: working at most {high:g} mm there (pass --allow-extrapolation to keep it)")
         if not fits(spacing):
-            budget = " and ".join(
-                ([f"{max_voxels:,.0f} voxels"] if max_voxels is not None else [])
-                + ([f"{request.max_seconds:g} s"] if request.max_seconds is not None else []))
+            needs = []
+            if max_voxels is not None:
+                needs.append(f"{voxels_at(image, spacing):,} voxels (budget {max_voxels:,.0f})")
+            if request.max_seconds is not None:
+                needs.append(f"about {self.estimate_seconds(image, spacing):.2g} s to predict "
+                             f"(budget {request.max_seconds:g} s)")
             reach = "the coarsest spacing tried" if extrapolate else "the coarsest spacing of the trained range"
-            notes.append(f"the budget of {budget} cannot be met: {reach}, {_mm(spacing)}, needs "
-                         f"{voxels_at(image, spacing):,} voxels" + ("" if extrapolate else
-                         "; pass --allow-extrapolation to go coarser than the model was trained for"))
+            notes.append(f"the budget cannot be met: {reach}, {_mm(spacing)}, needs " + " and ".join(needs)
+                         + ("" if extrapolate else "; pass --allow-extrapolation to go coarser than the model was "
+                            "trained for"))
         return SpacingChoice(spacing, notes)
 
     # estimates ------------------------------------------------------------------------------------
@@ -196,8 +200,16 @@ class Segmenter:
             return plane
         return oriented
 
+    def _model_extent(self, image: sitk.Image) -> tuple[float, ...]:
+        """The physical size (mm) of the model's view of ``image``; kept for the last grid, since the estimates
+        of an auto spacing ask for it at every candidate and the view is a copy of the image."""
+        key = (image.GetSize(), image.GetSpacing(), image.GetDirection())
+        if self._last_extent[0] != key:
+            self._last_extent = (key, physical_size(self._model_view(image)))
+        return self._last_extent[1]
+
     def _network_shape(self, image: sitk.Image, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        shape = tuple(reversed(grid_size(physical_size(self._model_view(image)), spacing)))
+        shape = tuple(reversed(grid_size(self._model_extent(image), spacing)))
         return shape, patch_size_for(shape, self.patch, self.model.unet_config.divisor)
 
     def estimate_memory_mb(self, image: sitk.Image, spacing: Sequence[float]) -> float:
@@ -244,7 +256,7 @@ class Segmenter:
         free = available_memory_mb(self.device)
         if need > 0.9 * free:
             factor = (need / (0.5 * free)) ** (1 / image.GetDimension())
-            suggestion = ", ".join(f"{s * factor:.2f}" for s in spacing)
+            suggestion = " ".join(f"{s * factor:.2f}" for s in spacing)
             raise UserError(
                 f"segmenting at spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm needs about {need:,.0f} MB but "
                 f"{free:,.0f} MB are free on {self.device.type}: use a coarser spacing such as --spacing {suggestion}"

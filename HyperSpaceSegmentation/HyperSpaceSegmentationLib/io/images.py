@@ -20,6 +20,8 @@ from ..errors import UserError
 IMAGE_EXTENSIONS = (
     ".seg.nrrd", ".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm", ".tif", ".tiff", ".png",
 )
+# outputs are single files, so that writing one and moving it into place is one step (.mhd and .nhdr have two)
+OUTPUT_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
 SPACING_LIMITS_MM = (1e-3, 100.0)
 # colours of segments whose model gives none: distinct, readable over grey-scale images (RGB in 0-1)
 SEGMENT_PALETTE = (
@@ -115,11 +117,34 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise UserError(f"{folder} is a folder without a DICOM series: give an image file or a DICOM series folder")
     if len(series) > 1:
         raise UserError(f"{folder} holds {len(series)} DICOM series: put the series to segment in a folder of its own")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_even_slices(folder, files)
+    reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as error:
         raise UserError(f"DICOM series in {folder} could not be read ({_first_line(error)})") from None
+
+
+def _check_even_slices(folder: Path, files: tuple[str, ...]) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing slice, say): ITK would read it onto an even
+    grid with an averaged spacing, placing every slice after the gap wrongly."""
+    if len(files) < 3:
+        return
+    positions = []
+    for name in files:
+        header = sitk.ImageFileReader()
+        header.SetFileName(name)
+        header.ReadImageInformation()
+        if not header.HasMetaDataKey("0020|0032") or not header.HasMetaDataKey("0020|0037"):
+            return  # no positions to check (ITK then uses the slice thickness)
+        positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
+        cosines = [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
+    normal = np.cross(cosines[:3], cosines[3:])
+    gaps = np.diff(np.sort(np.asarray(positions) @ normal))
+    if gaps.min() <= 0 or gaps.max() - gaps.min() > 0.01 * max(abs(float(np.median(gaps))), 1e-6):
+        raise UserError(f"the DICOM series in {folder} has unevenly spaced slices (gaps {gaps.min():.3g} to "
+                        f"{gaps.max():.3g} mm: a missing or duplicate slice?): export a complete series")
 
 
 def _first_line(error: Exception) -> str:
@@ -133,7 +158,7 @@ def check_spacing(spacing: tuple[float, ...], source: str) -> None:
     for value in spacing:
         if not math.isfinite(value) or not low <= value <= high:
             raise UserError(
-                f"{source} spacing {tuple(round(v, 6) for v in spacing)} mm is invalid: each value must lie in "
+                f"{source} spacing ({', '.join(f'{v:.6g}' for v in spacing)}) mm is invalid: each value must lie in "
                 f"[{low:g}, {high:g}] mm; fix the spacing in the image header or on the command line"
             )
 
@@ -192,6 +217,28 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
+def output_folder(folder: str | os.PathLike, option: str) -> Iterator[Path]:
+    """Create ``folder`` (and missing parents) for a run's outputs; if the run fails, remove the folders it created
+    that are still empty. ``option`` names the command-line option in messages."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file: give {option} a folder")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the folder {folder} ({error.strerror or type(error).__name__}): give "
+                        f"{option} a folder you can write in") from None
+    try:
+        yield folder
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only while empty
+        raise
+
+
+@contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it to ``path`` only if the block succeeds. Without
     ``overwrite``, a file that appeared at ``path`` meanwhile (another run) is kept and this run fails."""
@@ -234,9 +281,9 @@ def _appeared_meanwhile(path: Path) -> UserError:
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> None:
     """Fail early, before any work, if ``path`` cannot be written as a label image."""
     path = Path(path)
-    unsupported = extension(path) not in IMAGE_EXTENSIONS or extension(path) in (".dcm", ".png", ".tif", ".tiff")
+    unsupported = extension(path) not in OUTPUT_EXTENSIONS
     if unsupported and not path.is_dir():
-        raise UserError(f"{path.name}: unsupported output format; use .seg.nrrd, .nrrd, .nii.gz, .nii or .mha")
+        raise UserError(f"{path.name}: unsupported output format; use {', '.join(OUTPUT_EXTENSIONS)} (one file each)")
     check_writable(path, overwrite)
 
 

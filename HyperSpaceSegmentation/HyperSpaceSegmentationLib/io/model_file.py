@@ -125,6 +125,10 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
         network = build_network(payload["method"], unet_config, hyper)
         model = SegmentationModel(network=network, training=payload.get("training", {}), **metadata)
         state = {k: v.float() for k, v in payload["state_dict"].items()}
+        broken = [k for k, v in state.items() if not torch.isfinite(v).all()]
+        if broken:
+            raise UserError(f"model file {path} is corrupt: {len(broken)} weight tensors ({broken[0]}, ...) hold NaN or "
+                            "infinite values; use an intact model file, or retrain from an earlier checkpoint")
         model.trainable().load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise UserError(f"model file {path} is incomplete or inconsistent ({_short(error)}): use an intact model file") from None

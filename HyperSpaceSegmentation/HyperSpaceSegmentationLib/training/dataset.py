@@ -44,6 +44,8 @@ class Dataset:
 def load_dataset(path: str | os.PathLike) -> Dataset:
     """Read and check a dataset JSON; every problem is a one-line ``UserError``."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give the path of the dataset JSON file")
     if not path.is_file():
         raise UserError(f"dataset file {path} does not exist: give the path of the dataset JSON")
     try:
@@ -73,8 +75,30 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         labels=labels,
         training=_cases(spec["training"], path, "training"),
         validation=_cases(spec.get("validation", []), path, "validation"),
-        colors={int(k): tuple(float(c) for c in v) for k, v in spec.get("colors", {}).items()},
+        colors=_colors(spec.get("colors", {}), labels, path),
     )
+
+
+def _colors(entries: object, labels: dict[int, str], json_path: Path) -> dict[int, tuple[float, float, float]]:
+    """``colors``: declared foreground label values mapped to three numbers in 0-1 (red, green, blue)."""
+    example = 'like {"1": [0.9, 0.3, 0.2]}'
+    if not isinstance(entries, dict):
+        raise UserError(f"dataset file {json_path}: 'colors' must map label values to RGB colours, {example}")
+    colors = {}
+    for key, value in entries.items():
+        try:
+            label, rgb = int(key), tuple(float(c) for c in value)
+        except (TypeError, ValueError):
+            raise UserError(f"dataset file {json_path}: colour {key!r}: {value!r} is not a label value with three "
+                            f"numbers, {example}") from None
+        if label not in labels or label == 0:
+            raise UserError(f"dataset file {json_path}: 'colors' gives label {label}, which 'labels' does not declare "
+                            "as a foreground label: remove it or declare the label")
+        if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
+            raise UserError(f"dataset file {json_path}: the colour of label {label} must be three numbers in 0-1 "
+                            f"(red, green, blue), not {list(value)}")
+        colors[label] = rgb
+    return colors
 
 
 def _cases(entries: list, json_path: Path, section: str) -> list[Case]:

@@ -49,6 +49,8 @@ def read_case(case: Case, label_values: Sequence[int], dim: int) -> tuple[sitk.I
     JSON does not declare) is a one-line ``UserError`` naming the case and the file.
     """
     image = read_image(case.image)
+    if image.GetDimension() == 2 and dim == 3:
+        raise UserError(f"case {case.id}: {case.image} is a 2D image: train a 2D model with --dim 2, or give 3D images")
     check_image(image, str(case.image), dim)
     label_image = read_image(case.label)
     where = f"case {case.id}: label map {case.label}"

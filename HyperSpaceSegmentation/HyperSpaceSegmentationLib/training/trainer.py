@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..evaluation.metrics import METRICS, Comparison, compute
 from ..inference import Segmenter, SpacingRequest
-from ..io.images import atomic_output, check_writable
+from ..io.images import atomic_output, check_writable, output_folder
 from ..io.model_file import METHODS, SegmentationModel, build_network, save_model
 from ..networks import HyperConfig, HyperSpaceNet, UNetConfig
 from ..preprocessing import fit_normalisation
@@ -161,10 +161,14 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
     """
     config.check()
     config = replace(config, dataset=str(Path(config.dataset).resolve()), features=tuple(config.features))
-    output = Path(config.output)
+    with output_folder(config.output, "-o") as output:  # removed again if the run fails before writing anything
+        check_writable(output / "model.pt", overwrite=True)
+        return _train(config, output, resume, overwrite, quiet)
+
+
+def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, quiet: bool) -> Path:
     checkpoint_path, model_path = output / "checkpoint.pt", output / "model.pt"
     rank, world, local_rank = _distributed()
-    _prepare_output(output)
     if model_path.exists() and not (overwrite or resume):
         raise UserError(f"{model_path} exists: pass --overwrite to train again or --resume to continue")
     checkpoint = _load_checkpoint(checkpoint_path) if resume else None
@@ -304,18 +308,6 @@ def _describe(config: TrainConfig) -> str:
     return (f"method {config.method}, {config.dim}D, {spacing}, patch {config.patch}, batch {config.batch_size}, "
             f"learning rate {config.learning_rate:g}, features {' '.join(map(str, config.features))}, "
             f"seed {config.seed}, iterations {config.iterations}")
-
-
-def _prepare_output(output: Path) -> None:
-    """Create the run folder and make sure files can be written in it, before any work."""
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output} is a file: give a folder for the run (-o)")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create the run folder {output} ({error.strerror or type(error).__name__}): "
-                        "choose a folder you can write in (-o)") from None
-    check_writable(output / "model.pt", overwrite=True)
 
 
 def _load_checkpoint(path: Path) -> dict:
