@@ -210,3 +210,81 @@ def test_a_spacing_off_the_trained_range_by_rounding_noise_gets_no_note():
     assert choice.notes == [] and choice.spacing == pytest.approx((1.2, 0.8, 3.5))
     image.SetSpacing((1.2, 0.75, 3.5))
     assert "outside the trained range" in segmenter.choose_spacing(image, SpacingRequest("native")).notes[0]
+
+
+# --- policies a planted-bug round showed untested ------------------------------------------------------------------
+
+def test_reorientation_brings_any_stored_axes_to_lps():
+    from HyperSpaceSegmentationLib.geometry import canonical
+
+    for direction in ((-1, 0, 0, 0, -1, 0, 0, 0, 1), (0, 0, -1, -1, 0, 0, 0, 1, 0)):  # RAS-stored, permuted
+        image, _ = phantom(size=(20, 16, 12), spacing=(1.0, 2.0, 3.0), direction=direction)
+        oriented = canonical(image)
+        assert np.allclose(oriented.GetDirection(), np.eye(3).ravel())
+        assert sorted(oriented.GetSpacing()) == [1.0, 2.0, 3.0]
+        # the same physical point holds the same voxel value
+        point = image.TransformIndexToPhysicalPoint((3, 5, 7))
+        assert oriented[oriented.TransformPhysicalPointToIndex(point)] == image[3, 5, 7]
+
+
+def test_as_and_hyperspace_models_clamp_to_their_trained_range_fs_models_keep_their_spacing():
+    image, _ = phantom(size=(16, 16, 16), spacing=(1.0, 1.0, 1.0))
+    for method in ("as", "hyperspace"):
+        choice = Segmenter(tiny_model(method), device="cpu").choose_spacing(image, SpacingRequest("explicit", (0.5,)))
+        assert choice.spacing == pytest.approx((0.8, 0.8, 0.8)) and "clamped" in choice.notes[0]
+    fs = Segmenter(tiny_model("fs"), device="cpu")  # trained at 1.5 mm
+    for request in (SpacingRequest(), SpacingRequest("auto"), SpacingRequest("auto", max_voxels=10)):
+        choice = fs.choose_spacing(image, request)
+        assert choice.spacing == (1.5, 1.5, 1.5) and "FS model" in choice.notes[0]
+
+
+def test_a_time_budget_alone_sets_no_voxel_budget():
+    segmenter = Segmenter(tiny_model(), device="cpu")
+    segmenter._seconds_per_voxel_measured = 1e-12  # a machine fast enough for anything
+    image = sitk.Image([200, 200, 200], sitk.sitkFloat32)  # 8e6 voxels, twice the default voxel budget
+    choice = segmenter.choose_spacing(image, SpacingRequest("auto", max_seconds=1e6))
+    assert choice.spacing == pytest.approx((1.0, 1.0, 1.0)) and choice.notes == []
+
+
+def test_auto_budget_counts_the_voxels_of_the_reoriented_grid():
+    """A scan stored with permuted axes and its LPS twin get the same choice, within the budget."""
+    from HyperSpaceSegmentationLib.geometry import canonical
+
+    segmenter = Segmenter(tiny_model(), device="cpu")
+    permuted, _ = phantom(size=(120, 30, 60), spacing=(1.0, 1.0, 3.0), direction=(0, 0, -1, -1, 0, 0, 0, 1, 0))
+    twin = canonical(permuted)
+    for budget in (20_000, 50_000, 100_000):
+        choices = [segmenter.choose_spacing(image, SpacingRequest("auto", max_voxels=budget)).spacing
+                   for image in (permuted, twin)]
+        assert choices[0] == pytest.approx(choices[1])
+        assert voxels_at(twin, choices[0]) <= budget
+
+
+def test_networks_are_cached_per_spacing_rounded_to_a_hundredth_of_a_millimetre():
+    segmenter = Segmenter(tiny_model(), device="cpu")
+    assert segmenter.network_for((1.501,) * 3) is segmenter.network_for((1.504,) * 3)
+    other = segmenter.network_for((1.53,) * 3)
+    assert other is not segmenter.network_for((1.50,) * 3)
+    weights = [dict(segmenter.network_for((s,) * 3).named_parameters())["head.weight"] for s in (1.50, 1.53)]
+    assert not torch.equal(*weights)
+
+
+@pytest.mark.parametrize("size", [129, 150, 200, 257, 300])
+def test_neighbouring_windows_overlap_by_at_least_half_a_window(size):
+    from HyperSpaceSegmentationLib.inference.sliding_window import window_starts
+
+    starts = window_starts(size, 64, 0.5)
+    assert starts[0] == 0 and starts[-1] == size - 64
+    assert max(np.diff(starts)) <= 32
+
+
+def test_ct_normalisation_is_fitted_on_labelled_voxels_only():
+    from HyperSpaceSegmentationLib.preprocessing import fit_normalisation
+
+    array = np.full((10, 20, 30), -1000.0)  # air around the labelled tissue
+    labels = np.zeros(array.shape, np.uint8)
+    array[2:8, 5:15, 5:25] = np.linspace(0, 100, 6 * 10 * 20).reshape(6, 10, 20)
+    labels[2:8, 5:15, 5:25] = 1
+    fitted = fit_normalisation("ct", [(array, labels)])
+    assert fitted.clip_low == pytest.approx(0.5, abs=0.1) and fitted.clip_high == pytest.approx(99.5, abs=0.1)
+    assert fitted.mean == pytest.approx(50.0, abs=0.1) and fitted.std == pytest.approx(28.8, abs=0.3)
