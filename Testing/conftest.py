@@ -17,6 +17,16 @@ from HyperSpaceSegmentationLib.preprocessing import Normalisation
 OBLIQUE = (0.9363, -0.2896, 0.1987, 0.3130, 0.9447, -0.0978, -0.1593, 0.1538, 0.9752)
 
 
+def on_grid(array: np.ndarray, spacing, origin, direction=None) -> sitk.Image:
+    """``array`` (z, y, x) as an image with the given spacing, origin and direction (identity when ``None``)."""
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
 def phantom(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None, seed=0):
     """(image, labels): a nested ellipsoid (1 outer shell, 2 core) with class-dependent intensity and noise."""
     rng = np.random.default_rng(seed)
@@ -28,15 +38,7 @@ def phantom(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), 
     labels[radius < 1.0] = 1
     labels[radius < 0.55] = 2
     intensity = np.choose(labels, [0.0, 100.0, 200.0]) + rng.normal(0, 5, shape) * (labels > 0)
-    images = []
-    for array in (intensity.astype(np.float32), labels):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        if direction is not None:
-            image.SetDirection(direction)
-        images.append(image)
-    return images[0], images[1]
+    return on_grid(intensity.astype(np.float32), spacing, origin, direction), on_grid(labels, spacing, origin, direction)
 
 
 @pytest.fixture
@@ -112,12 +114,4 @@ def asymmetric_phantom(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 
                        + ((k - centre[2]) * spacing[2]) ** 2)
     labels[distance < radius] = 7
     intensity = np.choose(np.searchsorted([0, 3, 7], labels), [0.0, -100.0, 100.0]).astype(np.float32)
-    images = []
-    for array in (intensity, labels):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(spacing)
-        image.SetOrigin(origin)
-        if direction is not None:
-            image.SetDirection(direction)
-        images.append(image)
-    return images[0], images[1]
+    return on_grid(intensity, spacing, origin, direction), on_grid(labels, spacing, origin, direction)
