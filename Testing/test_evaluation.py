@@ -496,3 +496,20 @@ def test_two_empty_images_without_labels_are_an_error(tmp_path, capsys):
     assert out == ""
     code, out, err = run(capsys, "evaluate", empty, empty, "--labels", "1", "--metrics", "dice")
     assert code == 0 and out.splitlines()[1].split() == ["1", "1"]
+
+
+def test_hd95_is_the_smallest_distance_covering_95_percent_of_the_surface_area():
+    from HyperSpaceSegmentationLib.evaluation.surface import _percentile
+
+    rng = np.random.default_rng(0)
+    distances = rng.permutation(np.arange(1.0, 21.0))  # 20 elements of equal area, distances 1..20 mm
+    assert _percentile(distances, np.ones(20), 95) == 19.0  # 19 of 20 elements are exactly 95%
+    assert _percentile(distances, np.full(20, 0.25), 95) == 19.0  # the unit of area does not matter
+    assert _percentile(distances, np.ones(20), 100) == 20.0
+    # unequal areas: the element at 1 mm holds 95% of the area on its own, the two others 4% and 1%
+    assert _percentile(np.array([3.0, 1.0, 2.0]), np.array([1.0, 95.0, 4.0]), 95) == 1.0
+    # ... and with 94% it takes the 2 mm element too; an unweighted percentile would say about 2.9 mm
+    assert _percentile(np.array([3.0, 1.0, 2.0]), np.array([1.0, 94.0, 5.0]), 95) == 2.0
+    # a tiny far element is beyond the 95%, a large one is not
+    assert _percentile(np.array([1.0, 10.0]), np.array([96.0, 4.0]), 95) == 1.0
+    assert _percentile(np.array([1.0, 10.0]), np.array([90.0, 10.0]), 95) == 10.0

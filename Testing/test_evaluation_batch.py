@@ -150,3 +150,31 @@ def test_workers_are_capped_at_the_number_of_cases(tmp_path, masks, monkeypatch)
     cases = [{"id": name, "mask": str(masks["ref"]), "prediction": str(masks[name])} for name in ("same", "apart")]
     rows = module.evaluate_batch(cases, None, ["dice"], 1.0, workers=1000)
     assert [row["1_dice"] for row in rows] == [1.0, 0.0] and sizes == [min(2, module.os.cpu_count() or 1)]
+
+
+def test_std_summary_row_is_the_population_std_like_mist(tmp_path, capsys, masks):
+    """MIST summarises with np.nanstd (ddof 0): Dice 1 and 0 have Std 0.5, not the sample std 0.707."""
+    cases = write_csv(tmp_path, "id,mask,prediction\nperfect,ref.nii.gz,same.nii.gz\nmissed,ref.nii.gz,apart.nii.gz\n")
+    output = tmp_path / "results.csv"
+    code, _, err = run(capsys, "evaluate", "--paths-csv", cases, "--metrics", "dice", "-o", output)
+    assert code == 0, err
+    table = {line.split(",")[0]: line.split(",")[1] for line in output.read_text().splitlines()[1:]}
+    assert float(table["perfect"]) == 1.0 and float(table["missed"]) == 0.0
+    assert float(table["Mean"]) == pytest.approx(0.5)
+    assert float(table["Std"]) == pytest.approx(0.5)
+
+
+def test_existing_output_is_refused_before_reading_the_images(tmp_path, capsys, masks):
+    """Without --overwrite an existing results file is the error, found before any work: not the missing
+    prediction, which would only be found by reading it; the file is left as it was."""
+    output = tmp_path / "results.csv"
+    output.write_text("earlier results\n")
+    code, _, err = run(capsys, "evaluate", masks["ref"], tmp_path / "missing.nii.gz", "-o", output)
+    assert code == 2
+    assert "exists" in err and "--overwrite" in err and str(output) in err, err
+    assert "missing.nii.gz" not in err and "does not exist" not in err, err
+    assert output.read_text() == "earlier results\n"
+    cases = write_csv(tmp_path, "id,mask,prediction\nlost,ref.nii.gz,missing.nii.gz\n")
+    code, _, err = run(capsys, "evaluate", "--paths-csv", cases, "-o", output)
+    assert code == 2 and "exists" in err and "--overwrite" in err and "case lost failed" not in err, err
+    assert output.read_text() == "earlier results\n"

@@ -78,3 +78,36 @@ def test_model_file_round_trip_keeps_the_network(tmp_path):
         # weights are stored in half precision
         assert torch.allclose(model.network(x, spacing), loaded.network(x, spacing), atol=5e-2)
     assert loaded.labels == model.labels and loaded.spacing_range == model.spacing_range
+
+
+def test_label_255_is_a_valid_model_label_and_256_is_refused(tmp_path, capsys):
+    """Labels are stored in 8 bits: value 255 saves, loads and segments to 255; 256 is refused on load."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from HyperSpaceSegmentationLib.cli import main
+
+    from conftest import phantom
+
+    model = tiny_model("as")
+    model.labels = {0: "background", 1: "shell", 255: "edge"}
+    with torch.no_grad():  # a network that answers class 2 everywhere
+        model.network.head.weight.zero_()
+        model.network.head.bias.copy_(torch.tensor([0.0, 0.0, 10.0]))
+    path = save_model(model, tmp_path / "m255.pt")
+    assert load_model(path).labels == {0: "background", 1: "shell", 255: "edge"}
+    image, _ = phantom(size=(20, 18, 16))
+    sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))
+    output = tmp_path / "labels.nii.gz"
+    code = main(["segment", str(tmp_path / "image.nii.gz"), "-o", str(output), "--model", str(path), "--device", "cpu",
+                 "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(output)))).tolist() == [255]
+
+    model.labels = {0: "background", 1: "shell", 256: "beyond"}
+    path = save_model(model, tmp_path / "m256.pt")
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("hyperspace: error: ") and "\n" not in error, error
+    assert "0-255" in error and str(path) in error, error

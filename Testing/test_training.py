@@ -1,11 +1,8 @@
 """Training lowers the loss, resumes where it stopped, runs the baselines, and runs under torchrun (gloo)."""
 
-import _thread
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +11,12 @@ import SimpleITK as sitk
 import torch
 
 from HyperSpaceSegmentationLib.cli import main
-from HyperSpaceSegmentationLib.io.model_file import load_model
+from HyperSpaceSegmentationLib.io.model_file import load_model, save_model
 from HyperSpaceSegmentationLib.preprocessing import Normalisation
 from HyperSpaceSegmentationLib.training import TrainConfig, train
 from HyperSpaceSegmentationLib.training.dataset import Case, load_dataset
 from HyperSpaceSegmentationLib.training.sampling import IGNORE, LoadedCase, PatchSampler, SamplingConfig, read_case
+from HyperSpaceSegmentationLib.training import trainer
 from HyperSpaceSegmentationLib.training.trainer import dice_ce_loss, loss_history, polynomial_schedule
 
 SMALL = dict(patch=16, batch_size=4, features=(4, 8, 8, 16), rank=2, hidden=16, device="cpu")
@@ -51,6 +49,27 @@ def _case(folder, image: np.ndarray, labels: np.ndarray, spacing) -> Case:
         paths.append(folder / f"{name}.nii.gz")
         sitk.WriteImage(volume, str(paths[-1]))
     return Case("synthetic", *paths)
+
+
+def test_patch_spacing_is_returned_in_array_axis_order(tmp_path):
+    """The spacing that comes with a patch is in the patch array's axis order (k, j, i): an axis-aligned box of
+    10 x 16 x 24 mm (x, y, z) spans, along each patch axis, its size on that axis divided by that axis's spacing."""
+    size_mm = {"x": 10, "y": 16, "z": 24}
+    labels = np.zeros((40, 40, 40), np.uint8)  # 1 mm voxels
+    labels[8:8 + size_mm["z"], 12:12 + size_mm["y"], 15:15 + size_mm["x"]] = 1
+    image = labels * 100.0 + 10.0
+    case = LoadedCase(*read_case(_case(tmp_path, image.astype(np.float32), labels, (1.0, 1.0, 1.0)), [0, 1], 3),
+                      Normalisation("mr"))
+    config = SamplingConfig((32, 32, 32), 0.8, 3.5, fixed_spacing=(1.0, 2.0, 3.0), foreground_fraction=1.0,
+                            augment=False)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        _, patch_labels, spacing = PatchSampler([case], config).sample(rng)
+        assert spacing.tolist() == [3.0, 2.0, 1.0]  # z, y, x
+        box = np.argwhere(patch_labels == 1)
+        extent = box.max(0) - box.min(0) + 1  # voxels along k, j, i
+        for axis, name in enumerate("zyx"):
+            assert abs(extent[axis] * spacing[axis] - size_mm[name]) <= spacing[axis], (name, extent, spacing)
 
 
 def test_patches_beyond_a_small_ct_are_air_and_ignored(tmp_path):
@@ -127,20 +146,18 @@ def test_training_lowers_the_loss_and_the_model_segments(dataset_json, tmp_path)
     assert model.training["iterations"] == 60
 
 
-def _interrupt_at_the_first_checkpoint(config: TrainConfig) -> None:
-    """Train until a checkpoint is written, then stop the run as Ctrl-C would."""
-    checkpoint = Path(config.output) / "checkpoint.pt"
+def _interrupt_at_the_first_checkpoint(config: TrainConfig, monkeypatch) -> None:
+    """Train until the first checkpoint is written, then stop the run as Ctrl-C would (right after the write)."""
+    save = trainer._save_checkpoint
 
-    def interrupt() -> None:
-        while not checkpoint.exists():
-            time.sleep(0.002)
-        _thread.interrupt_main()
+    def save_then_interrupt(*args, **kwargs) -> None:
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
 
-    watcher = threading.Thread(target=interrupt, daemon=True)
-    watcher.start()
-    with pytest.raises(KeyboardInterrupt):
-        train(config, quiet=True)
-    watcher.join()
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "_save_checkpoint", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, quiet=True)
 
 
 @pytest.fixture
@@ -152,12 +169,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_resume_continues_the_run_exactly_as_if_uninterrupted(dataset_json, tmp_path, capsys, one_thread):
+def test_resume_continues_the_run_exactly_as_if_uninterrupted(dataset_json, tmp_path, capsys, one_thread, monkeypatch):
     """An interrupted run resumed on the command line without options ends in the state of an uninterrupted one."""
     settings = dict(dataset=str(dataset_json), iterations=10, checkpoint_every=2, **SMALL)
-    _interrupt_at_the_first_checkpoint(TrainConfig(output=str(tmp_path / "interrupted"), **settings))
+    _interrupt_at_the_first_checkpoint(TrainConfig(output=str(tmp_path / "interrupted"), **settings), monkeypatch)
     stopped_at = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["step"]
-    assert 2 <= stopped_at < 10
+    assert stopped_at == 2
+    assert not (tmp_path / "interrupted" / "model.pt").exists()
     capsys.readouterr()
     assert main(["train", "-o", str(tmp_path / "interrupted"), "--resume", "--quiet"]) == 0  # no --iterations
     assert f"resuming {tmp_path / 'interrupted'} at step {stopped_at} of 10 with the checkpoint's settings" in capsys.readouterr().err
@@ -243,3 +261,47 @@ def test_segmentation_of_the_trained_phantom_model_is_correct(dataset_json, tmp_
         for value in (1, 2):
             a, b = result == value, truth == value
             assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.8, (spacing, value)
+
+
+def test_labels_declared_out_of_order_are_classes_in_value_order_in_training_and_in_the_model(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """Class c is the c-th smallest declared label value, whatever the order of the dataset JSON: in the training
+    targets and in the saved model, whose class c segments to that value."""
+    import json
+
+    from conftest import phantom
+
+    image, labels = phantom(size=(24, 20, 16), seed=1)  # shell (intensity 100) around a core (200)
+    values = sitk.GetArrayFromImage(labels)
+    relabelled = sitk.GetImageFromArray(np.choose(values, [0, 5, 3]).astype(np.uint8))  # shell 5, core 3
+    relabelled.CopyInformation(labels)
+    sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))
+    sitk.WriteImage(relabelled, str(tmp_path / "label.nii.gz"))
+    spec = {"modality": "mr", "labels": {"0": "background", "5": "shell", "3": "core"},
+            "training": [{"id": "a", "image": "image.nii.gz", "label": "label.nii.gz"}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+
+    _, classes = read_case(load_dataset(tmp_path / "dataset.json").training[0], [0, 3, 5], 3)
+    assert np.array_equal(classes, np.choose(values, [0, 2, 1]))  # core (3) is class 1, shell (5) class 2
+
+    patches = []
+    sample = PatchSampler.sample
+    monkeypatch.setattr(PatchSampler, "sample", lambda self, rng: patches.append(sample(self, rng)) or patches[-1])
+    config = TrainConfig(dataset=str(tmp_path / "dataset.json"), output=str(tmp_path / "run"), iterations=2,
+                         method="as", augment=False, **SMALL)
+    model = load_model(train(config, quiet=True))
+    patch_images = np.concatenate([p[0].ravel() for p in patches])
+    targets = np.concatenate([p[1].ravel() for p in patches])
+    assert (targets == 1).any() and (targets == 2).any()
+    assert patch_images[targets == 1].mean() > patch_images[targets == 2].mean()  # class 1 is the bright core
+    assert model.labels == {0: "background", 3: "core", 5: "shell"}
+
+    for index, value in ((1, 3), (2, 5)):  # a network that answers class ``index`` everywhere
+        with torch.no_grad():
+            model.network.head.weight.zero_()
+            model.network.head.bias.copy_(torch.eye(3)[index] * 10)
+        save_model(model, tmp_path / f"class{index}.pt")
+        output = tmp_path / f"class{index}.nii.gz"
+        assert main(["segment", str(tmp_path / "image.nii.gz"), "-o", str(output), "--model",
+                     str(tmp_path / f"class{index}.pt"), "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+        assert np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(output)))).tolist() == [value]
