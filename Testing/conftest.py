@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +118,27 @@ def asymmetric_phantom(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0), origin=(0.0, 
     labels[distance < radius] = 7
     intensity = np.choose(np.searchsorted([0, 3, 7], labels), [0.0, -100.0, 100.0]).astype(np.float32)
     return on_grid(intensity, spacing, origin, direction), on_grid(labels, spacing, origin, direction)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody can write in: immutable for root (which ignores permissions), mode 555 for others."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if as_root:
+        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("root cannot make a read-only folder here (no chattr +i)")
+    else:
+        folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        pass
+    else:
+        pytest.skip("this file system lets this user write in a read-only folder")
+    yield folder
+    if as_root:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)

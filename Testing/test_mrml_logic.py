@@ -5,8 +5,6 @@ machine-readable progress lines that the module follows. Skipped where slicer-co
 from __future__ import annotations
 
 import io
-import json
-import math
 import os
 import tempfile
 import time

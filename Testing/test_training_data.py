@@ -2,9 +2,6 @@
 validation Dice from the dataset's validation cases."""
 
 import json
-import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -135,30 +132,6 @@ def test_output_that_is_a_file_or_under_a_file_is_refused_before_training(tmp_pa
     assert_refused(capsys, tmp_path, [dataset, "-o", blocker, *FAST], "notes.txt is a file")
     assert_refused(capsys, tmp_path, [dataset, "-o", blocker / "run", *FAST], "notes.txt")
     assert blocker.read_text() == "not a folder"
-
-
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A folder nobody can write in: immutable for root (which ignores permissions), mode 555 for others."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    if as_root:
-        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-            pytest.skip("root cannot make a read-only folder here (no chattr +i)")
-    else:
-        folder.chmod(0o555)
-    try:
-        (folder / "probe").touch()
-    except OSError:
-        pass
-    else:
-        pytest.skip("this file system lets this user write in a read-only folder")
-    yield folder
-    if as_root:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o755)
 
 
 def test_read_only_output_folder_is_refused_before_training(tmp_path, capsys, read_only_folder):
