@@ -12,7 +12,6 @@ functions, so that this file imports without Slicer, and in Slicer before the mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 import os
 import queue
 import shutil
@@ -20,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -219,7 +219,7 @@ class HyperSpaceMRMLLogic:
             target = output / f"{case}.seg.nrrd"
             try:
                 check_output_path(target, overwrite)
-                self._segment_file(case, path, target, spacing, model, device)
+                self._segment_file(case, path, target, spacing, model, device, overwrite)
             except (UserError, RuntimeError, OSError) as error:
                 result.failed[case] = str(error)
                 log(f"{case}: failed, skipped: {error}")
@@ -239,10 +239,13 @@ class HyperSpaceMRMLLogic:
             log(f"wrote {results_csv}")
         return result
 
-    def _segment_file(self, case: str, path: Path, target: Path, spacing: Any, model: Any, device: str) -> None:
+    def _segment_file(self, case: str, path: Path, target: Path, spacing: Any, model: Any, device: str,
+                      overwrite: bool) -> None:
         """Read one volume file into the scene, segment it, write the segmentation, and remove both nodes."""
         import SimpleITK as sitk
         import slicer
+
+        from .io.images import atomic_output
 
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -261,9 +264,10 @@ class HyperSpaceMRMLLogic:
                 raise UserError(f"{path.name} could not be read as a volume")
             segmentation = self.segment(volume, spacing, model=model, device=device)
             writer = slicer.vtkMRMLSegmentationStorageNode()
-            writer.SetFileName(str(target))
-            if not writer.WriteData(segmentation):
-                raise OSError(f"{target} could not be written")
+            with atomic_output(target, overwrite) as temporary:  # never a half-written file at the target
+                writer.SetFileName(str(temporary))
+                if not writer.WriteData(segmentation):
+                    raise UserError(f"{target} could not be written: check the free space of its folder")
         finally:
             for node in (segmentation, volume):
                 if node is not None:
@@ -281,7 +285,6 @@ class HyperSpaceMRMLLogic:
         """The working spacing, grid and memory need of segmenting ``volumeNode`` at ``spacing`` (as ``segment``;
         a time budget is left out: it needs a network run), with the engine's notes (a spacing outside the
         trained range). Runs no network: fast enough to follow a slider."""
-        from .geometry import canonical, grid_size, physical_size
         from .inference import Segmenter, SpacingRequest, parse_spacing
         from .system import available_memory_mb, resolve_device
 
@@ -292,10 +295,9 @@ class HyperSpaceMRMLLogic:
         image = self._grid(volumeNode)
         segmenter = Segmenter(self._model(model), device="cpu")
         choice = segmenter.choose_spacing(image, request)
-        oriented = canonical(image)
         return SpacingEstimate(
-            native=tuple(oriented.GetSpacing()), spacing=tuple(choice.spacing),
-            grid=grid_size(physical_size(oriented), choice.spacing),
+            native=segmenter.native_spacing(image), spacing=tuple(choice.spacing),
+            grid=segmenter.working_size(image, choice.spacing),
             memory_mb=segmenter.estimate_memory_mb(image, choice.spacing),
             available_mb=available_memory_mb(resolve_device(device)), notes=list(choice.notes))
 

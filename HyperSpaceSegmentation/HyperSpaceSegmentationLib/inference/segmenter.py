@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..geometry import canonical, grid_size, physical_size, resample_to_spacing, voxels_at
+from ..geometry import canonical, grid_size, physical_size, resample_to_spacing
 from ..io.images import check_spacing
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet
@@ -31,8 +31,8 @@ from .sliding_window import count_windows, patch_size_for, predict_probabilities
 DEFAULT_PATCH = {3: 128, 2: 512}
 DEFAULT_MAX_VOXELS = 4_000_000
 _REFERENCE_WINDOW = {3: 64, 2: 256}  # timed once for --max-seconds; smaller windows cost more per voxel (conservative)
-_EXTRAPOLATION_REACH = 4.0
-_RANGE_TOLERANCE = 1e-4  # a spacing this close (relative) to the trained range counts as inside it, without a note  # with --allow-extrapolation, auto may go this far beyond the coarsest trained spacing
+_EXTRAPOLATION_REACH = 4.0  # with --allow-extrapolation, auto may go this far beyond the coarsest trained spacing
+_RANGE_TOLERANCE = 1e-4  # a spacing this close (relative) to the trained range counts as inside it, without a note
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class Segmenter:
         self.cache_size = cache_size
         self._networks: OrderedDict[tuple[float, ...], nn.Module] = OrderedDict()
         self._seconds_per_voxel_measured: float | None = None
-        self._last_extent: tuple[tuple | None, tuple[float, ...]] = (None, ())
+        self._last_view: tuple[tuple | None, tuple] = (None, ())
 
     # networks -------------------------------------------------------------------------------------
     def network_for(self, spacing_zyx: Sequence[float]) -> nn.Module:
@@ -109,9 +109,8 @@ class Segmenter:
     # spacing --------------------------------------------------------------------------------------
     def choose_spacing(self, image: sitk.Image, request: SpacingRequest) -> SpacingChoice:
         """The working spacing (x, y, z mm, axes after reorientation to LPS) for ``image`` under ``request``."""
-        oriented = self._model_view(image)
-        native = tuple(float(s) for s in oriented.GetSpacing())
-        dim = oriented.GetDimension()
+        native = self.native_spacing(image)
+        dim = len(native)
         mode = request.mode
         if mode == "model":
             mode = "fixed" if self.model.method == "fs" else "native"
@@ -124,7 +123,7 @@ class Segmenter:
         elif mode == "native":
             spacing = native
         else:
-            return self._auto_spacing(oriented, native, request)
+            return self._auto_spacing(image, native, request)
         if self.model.method == "fs":
             same = np.allclose(spacing, self.model.fixed_spacing)
             return SpacingChoice(tuple(spacing), [] if same else ["FS model at a spacing other than its own (FSNR when native)"])
@@ -134,8 +133,6 @@ class Segmenter:
         """``spacing`` clamped to the trained range (unless extrapolating), with a note when it lies outside."""
         low, high = self.model.spacing_range
         clamped = _clamp(spacing, low, high)
-        if self.model.method == "fs":
-            return SpacingChoice(spacing)
         if all(low * (1 - _RANGE_TOLERANCE) <= s <= high * (1 + _RANGE_TOLERANCE) for s in spacing):
             return SpacingChoice(clamped)  # in range, or off it by header rounding noise only
         shown = _mm(spacing)
@@ -161,7 +158,7 @@ class Segmenter:
             return spacing if extrapolate else _clamp(spacing, low, high)
 
         def fits(spacing: tuple[float, ...]) -> bool:
-            if max_voxels is not None and voxels_at(image, spacing) > max_voxels:
+            if max_voxels is not None and math.prod(self.working_size(image, spacing)) > max_voxels:
                 return False
             return request.max_seconds is None or self.estimate_seconds(image, spacing) <= request.max_seconds
 
@@ -178,7 +175,7 @@ class Segmenter:
         if not fits(spacing):
             needs = []
             if max_voxels is not None:
-                needs.append(f"{voxels_at(image, spacing):,} voxels (budget {max_voxels:,.0f})")
+                needs.append(f"{math.prod(self.working_size(image, spacing)):,} voxels (budget {max_voxels:,.0f})")
             if request.max_seconds is not None:
                 needs.append(f"about {self.estimate_seconds(image, spacing):.2g} s to predict "
                              f"(budget {request.max_seconds:g} s)")
@@ -200,16 +197,25 @@ class Segmenter:
             return plane
         return oriented
 
-    def _model_extent(self, image: sitk.Image) -> tuple[float, ...]:
-        """The physical size (mm) of the model's view of ``image``; kept for the last grid, since the estimates
-        of an auto spacing ask for it at every candidate and the view is a copy of the image."""
+    def _view_geometry(self, image: sitk.Image) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(spacing, physical size) of the model's view of ``image``, in its axis order (x, y, z); kept for the
+        last grid, since the estimates of an auto spacing ask at every candidate and the view is a copy."""
         key = (image.GetSize(), image.GetSpacing(), image.GetDirection())
-        if self._last_extent[0] != key:
-            self._last_extent = (key, physical_size(self._model_view(image)))
-        return self._last_extent[1]
+        if self._last_view[0] != key:
+            view = self._model_view(image)
+            self._last_view = (key, (tuple(view.GetSpacing()), physical_size(view)))
+        return self._last_view[1]
+
+    def native_spacing(self, image: sitk.Image) -> tuple[float, ...]:
+        """The image's spacing as the network sees it: LPS axes, and a single slice's two axes for a 2D model."""
+        return self._view_geometry(image)[0]
+
+    def working_size(self, image: sitk.Image, spacing: Sequence[float]) -> tuple[int, ...]:
+        """Voxels per axis (x, y, z of the network's view) of the working grid of ``image`` at ``spacing``."""
+        return grid_size(self._view_geometry(image)[1], spacing)
 
     def _network_shape(self, image: sitk.Image, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        shape = tuple(reversed(grid_size(self._model_extent(image), spacing)))
+        shape = tuple(reversed(self.working_size(image, spacing)))
         return shape, patch_size_for(shape, self.patch, self.model.unet_config.divisor)
 
     def estimate_memory_mb(self, image: sitk.Image, spacing: Sequence[float]) -> float:
@@ -255,7 +261,7 @@ class Segmenter:
         need = self.estimate_memory_mb(image, spacing)
         free = available_memory_mb(self.device)
         if need > 0.9 * free:
-            factor = (need / (0.5 * free)) ** (1 / image.GetDimension())
+            factor = (need / (0.5 * free)) ** (1 / len(spacing))
             suggestion = " ".join(f"{s * factor:.2f}" for s in spacing)
             raise UserError(
                 f"segmenting at spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm needs about {need:,.0f} MB but "
