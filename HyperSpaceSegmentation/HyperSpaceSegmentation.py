@@ -31,7 +31,7 @@ if MODULE_DIR not in sys.path:
     sys.path.insert(0, MODULE_DIR)
 
 from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
-from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic, python_slicer_executable  # noqa: E402
+from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic  # noqa: E402
 
 README_URL = "https://github.com/hyperspace-segmentation/SlicerHyperSpaceSegmentation#3d-slicer"
 SAMPLE_FILE = os.path.join(MODULE_DIR, "HyperSpaceSegmentationLib", "resources", "samples", "MNI152-T1-1.5mm.nrrd")
@@ -403,12 +403,11 @@ def ensureDependencies(requirementsPath: str) -> None:
 
 class HyperSpaceSegmentationLogic(ScriptedLoadableModuleLogic, HyperSpaceMRMLLogic):
     """The engine's MRML logic (``HyperSpaceMRMLLogic``: segment, evaluate, largest_disagreement_slice, estimate,
-    segment_folder) with Slicer's scripted-module base and parameter node; runs the engine with PythonSlicer."""
+    segment_folder) with Slicer's scripted-module base and parameter node."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         HyperSpaceMRMLLogic.__init__(self)
-        self.pythonExecutable = python_slicer_executable() or sys.executable
 
     def getParameterNode(self) -> HyperSpaceSegmentationParameterNode:
         return HyperSpaceSegmentationParameterNode(super().getParameterNode())

@@ -168,7 +168,7 @@ def test_read_only_folder_fails_before_any_work(capsys, image_file, tiny_model_f
 def test_output_that_is_the_input_or_a_folder_is_refused(tmp_path, capsys, image_file, tiny_model_file):
     before = image_file.read_bytes()
     code, _, err = run(capsys, "segment", image_file, "-o", image_file, "--model", tiny_model_file, "--overwrite")
-    assert_one_line_error(code, err, "output is the input")
+    assert_one_line_error(code, err, "is the input image")
     assert image_file.read_bytes() == before
     (tmp_path / "results").mkdir()
     code, _, err = run(capsys, "segment", image_file, "-o", tmp_path / "results", "--model", tiny_model_file)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
@@ -165,13 +164,12 @@ def _load(path: str | None):
 def run_segment(args: argparse.Namespace) -> int:
     from .geometry import canonical
     from .inference import Segmenter, SpacingRequest, parse_spacing
-    from .io.images import check_image, check_output_path, nonfinite_note, read_image, write_labels
+    from .io.images import check_image, check_not_an_input, check_output_path, nonfinite_note, read_image, write_labels
     from .progress import Reporter
 
     if not args.output.strip():
         raise UserError("the output name is empty: give a file name such as labels.seg.nrrd with -o")
-    if Path(args.output).exists() and Path(args.input).exists() and os.path.samefile(args.output, args.input):
-        raise UserError(f"{args.output}: the output is the input image; choose another output name")
+    check_not_an_input(args.output, {"input image": args.input})
     check_output_path(args.output, args.overwrite)
     reporter = Reporter(stages=5, quiet=args.quiet, progress_lines=args.progress_lines)
     with reporter.stage("load model and image"):
@@ -295,10 +293,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation import DEFAULT_METRICS, evaluate_batch, evaluate_files, write_results_csv
     from .evaluation.evaluate import (
-        check_metrics, check_not_an_input, class_names, empty_class_notes, read_paths_csv, results_table,
+        check_metrics, class_names, empty_class_notes, read_paths_csv, results_table,
     )
     from .evaluation.labels import classes_from_labels, load_config
-    from .io.images import check_writable
+    from .io.images import check_not_an_input, check_writable
     from .progress import Reporter
 
     if bool(args.paths_csv) == bool(args.reference and args.prediction):

@@ -189,7 +189,7 @@ class HyperSpaceMRMLLogic:
     """Segment volume nodes and review segmentations on ``slicer.mrmlScene`` (the scripting API of the extension)."""
 
     def __init__(self) -> None:
-        self.pythonExecutable = sys.executable  # the Slicer module sets PythonSlicer
+        self.pythonExecutable = python_slicer_executable() or sys.executable  # PythonSlicer inside Slicer
         self._models: dict[str, Any] = {}
         self._grids: dict[tuple, Any] = {}
 

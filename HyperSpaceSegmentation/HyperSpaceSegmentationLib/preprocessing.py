@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+MODALITIES = ("mr", "ct")  # the intensity normalisations below
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """How to normalise intensities; CT fields come from the training set."""

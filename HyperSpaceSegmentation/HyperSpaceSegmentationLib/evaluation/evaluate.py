@@ -198,19 +198,6 @@ def _score_absent_classes(rows: list[dict[str, float | str]], metrics: Sequence[
             for row in rows]
 
 
-def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
-    """Refuse an output file that is one of the inputs (``{role: path}``), which writing would destroy."""
-    for role, path in inputs.items():
-        if not path:
-            continue
-        if os.path.exists(output) and os.path.exists(path):
-            same = os.path.samefile(output, path)
-        else:
-            same = Path(output).resolve() == Path(path).resolve()
-        if same:
-            raise UserError(f"output {output} is the {role}: choose another name for the results")
-
-
 def class_names(columns: Iterable[str]) -> list[str]:
     """The scored classes, in order, from the keys of a row (each class has a ``{class}_empty`` key)."""
     return [key[: -len("_empty")] for key in columns if key.endswith("_empty")]

@@ -216,6 +216,19 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
                         "choose a folder you can write in") from None
 
 
+def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output file that is one of the inputs (``{role: path}``), which writing would destroy."""
+    for role, path in inputs.items():
+        if not path:
+            continue
+        if os.path.exists(output) and os.path.exists(path):
+            same = os.path.samefile(output, path)
+        else:
+            same = Path(output).resolve() == Path(path).resolve()
+        if same:
+            raise UserError(f"output {output} is the {role}: choose another name for the results")
+
+
 @contextlib.contextmanager
 def output_folder(folder: str | os.PathLike, option: str) -> Iterator[Path]:
     """Create ``folder`` (and missing parents) for a run's outputs; if the run fails, remove the folders it created

@@ -17,13 +17,12 @@ from torch import nn
 
 from ..errors import UserError
 from ..networks import HyperConfig, HyperSpaceNet, UNet, UNetConfig
-from ..preprocessing import Normalisation
+from ..preprocessing import MODALITIES, Normalisation
 from .images import atomic_output
 
 FORMAT = "hyperspace-segmentation-model"
 VERSION = 1
 METHODS = ("hyperspace", "fs", "as")
-MODALITIES = ("mr", "ct")
 
 
 @dataclass

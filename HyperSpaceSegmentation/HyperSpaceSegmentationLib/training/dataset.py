@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..preprocessing import MODALITIES
 
-MODALITIES = ("mr", "ct")  # the intensity normalisations that preprocessing implements
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ if str(MODULE_FOLDER) not in sys.path:
     sys.path.insert(0, str(MODULE_FOLDER))
 
 from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
-from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic, python_slicer_executable  # noqa: E402
+from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic  # noqa: E402
 
 
 def main(argv: Sequence[str]) -> int:
@@ -37,7 +37,6 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     args = parser.parse_args([a for a in argv if a != "--"])
     logic = HyperSpaceMRMLLogic()
-    logic.pythonExecutable = python_slicer_executable() or logic.pythonExecutable
     try:
         result = logic.segment_folder(args.input_folder, args.output_folder, " ".join(args.spacing), args.model,
                                       args.device, args.reference_folder, args.tolerance, args.overwrite)
