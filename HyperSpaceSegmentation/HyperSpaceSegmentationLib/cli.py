@@ -10,6 +10,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -162,7 +163,6 @@ def _load(path: str | None):
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from .geometry import canonical
     from .inference import Segmenter, SpacingRequest, parse_spacing
     from .io.images import check_image, check_not_an_input, check_output_path, nonfinite_note, read_image, write_labels
     from .progress import Reporter
@@ -196,7 +196,7 @@ def run_segment(args: argparse.Namespace) -> int:
         write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)
     summary = {
         "input": str(args.input), "output": str(args.output), "spacing_mm": list(choice.spacing),
-        "native_spacing_mm": list(canonical(image).GetSpacing()), "spacing_axes": "LPS", "method": model.method, "device": segmenter.device.type,
+        "native_spacing_mm": list(segmenter.native_spacing(image)), "spacing_axes": "LPS", "method": model.method, "device": segmenter.device.type,
         "notes": choice.notes,
         "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
                     "peak_gpu_memory_mb": r.peak_gpu_memory_mb} for r in reporter.records],
@@ -364,7 +364,8 @@ COMMANDS = {"segment": run_segment, "info": run_info, "demo": run_demo, "train":
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hyperspace`` script; returns the exit code."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up temporary files when cancelled
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated: remove temporary files on the way out
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

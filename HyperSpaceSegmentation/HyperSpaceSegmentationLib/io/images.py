@@ -23,6 +23,16 @@ IMAGE_EXTENSIONS = (
 # outputs are single files, so that writing one and moving it into place is one step (.mhd and .nhdr have two)
 OUTPUT_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
 SPACING_LIMITS_MM = (1e-3, 100.0)
+
+
+def _read_umask() -> int:
+    """The process's file-creation mask; read once, at import, since reading it means setting it for a moment."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 # colours of segments whose model gives none: distinct, readable over grey-scale images (RGB in 0-1)
 SEGMENT_PALETTE = (
     (0.90, 0.35, 0.25), (0.30, 0.65, 0.95), (0.95, 0.80, 0.25), (0.45, 0.80, 0.40), (0.75, 0.45, 0.85),
@@ -259,9 +269,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     check_writable(path, overwrite)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=extension(path) or ".tmp")
     os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # the permissions of an ordinary new file, not mkstemp's 0600
+    os.chmod(temporary, 0o666 & ~_UMASK)  # the permissions of an ordinary new file, not mkstemp's 0600
     try:
         yield Path(temporary)
         if overwrite:
