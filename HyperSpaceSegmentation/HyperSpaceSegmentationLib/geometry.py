@@ -90,17 +90,26 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     )
 
 
+def grid_differences(
+    reference: sitk.Image, other: sitk.Image, tolerance: float = 1e-4,
+) -> list[tuple[str, tuple[float, ...], tuple[float, ...]]]:
+    """``(property, reference's value, other's value)`` for each of size, spacing, origin and direction that differ."""
+    differences = []
+    for label in ("size", "spacing", "origin", "direction"):
+        a, b = (getattr(image, f"Get{label.capitalize()}")() for image in (reference, other))
+        if len(a) != len(b) or not np.allclose(a, b, atol=tolerance, rtol=0):
+            differences.append((label, a, b))
+    return differences
+
+
 def grid_difference(reference: sitk.Image, other: sitk.Image, tolerance: float = 1e-4) -> str:
     """A short description of how the grid of ``other`` differs from ``reference`` ('' if it does not)."""
-    differences = []
-    for label, getter in (("size", "GetSize"), ("spacing", "GetSpacing"), ("origin", "GetOrigin"), ("direction", "GetDirection")):
-        a, b = getattr(reference, getter)(), getattr(other, getter)()
-        if len(a) != len(b) or not np.allclose(a, b, atol=tolerance, rtol=0):
-            differences.append(f"{label} {_fmt(a)} vs {_fmt(b)}")
-    return "; ".join(differences)
+    return "; ".join(f"{label} {format_values(a)} vs {format_values(b)}"
+                     for label, a, b in grid_differences(reference, other, tolerance))
 
 
-def _fmt(values: Sequence[float]) -> str:
+def format_values(values: Sequence[float]) -> str:
+    """``(1.5, 0.8, 3)``: a size, spacing, origin or direction, briefly."""
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import UserError
-from ..geometry import grid_difference, resample_labels
+from ..geometry import format_values, grid_difference, grid_differences, resample_labels
 from ..io.images import atomic_output
 from .labels import ClassSpec, Segmentation, default_classes, read_segmentation
 from .metrics import DEFAULT_METRICS, METRICS, Comparison, compute
@@ -59,17 +59,9 @@ def grid_mismatch(reference: sitk.Image, prediction: sitk.Image, names: tuple[st
     if reference.GetDimension() != prediction.GetDimension():
         return (f"reference {names[0]} is {reference.GetDimension()}D, "
                 f"prediction {names[1]} {prediction.GetDimension()}D")
-    differences = []
-    for label in ("size", "spacing", "origin", "direction"):
-        a, b = (getattr(image, f"Get{label.capitalize()}")() for image in (reference, prediction))
-        if not np.allclose(a, b, atol=1e-4, rtol=0):  # grid_difference's tolerance
-            differences.append((label, a, b))
-    return (f"reference {names[0]} has " + ", ".join(f"{label} {_values(a)}" for label, a, _ in differences)
-            + f"; prediction {names[1]} has " + ", ".join(f"{label} {_values(b)}" for label, _, b in differences))
-
-
-def _values(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+    differences = grid_differences(reference, prediction)
+    return (f"reference {names[0]} has " + ", ".join(f"{label} {format_values(a)}" for label, a, _ in differences)
+            + f"; prediction {names[1]} has " + ", ".join(f"{label} {format_values(b)}" for label, _, b in differences))
 
 
 def evaluate_pair(

@@ -82,9 +82,8 @@ class Segmenter:
         self.model = model
         self.device = resolve_device(device)
         self.model.network.to(self.device)
-        divisor = model.unet_config.divisor
-        if patch is not None and (patch < 2 * divisor or patch % divisor):
-            raise UserError(f"--patch {patch}: give a multiple of {divisor} of at least {2 * divisor} voxels")
+        if patch is not None and (problem := model.unet_config.patch_problem(patch)):
+            raise UserError(f"--patch {patch}: {problem}")
         self.patch = (patch or DEFAULT_PATCH[model.dim],) * model.dim
         self.overlap = overlap
         self.cache_size = cache_size

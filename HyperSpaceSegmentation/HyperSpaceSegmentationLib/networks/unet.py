@@ -38,6 +38,15 @@ class UNetConfig:
         """Each spatial size fed to the network must be a multiple of this."""
         return 2 ** (len(self.features) - 1)
 
+    def patch_problem(self, patch: int) -> str | None:
+        """Why ``patch`` voxels cannot be a window edge of this network (None if they can): a multiple of the
+        divisor, at least twice it, so that the deepest level keeps more than one voxel to normalise."""
+        divisor = self.divisor
+        if patch >= 2 * divisor and patch % divisor == 0:
+            return None
+        return (f"a {len(self.features)}-level network needs a multiple of {divisor} of at least {2 * divisor} voxels, "
+                f"such as {max(2, round(patch / divisor)) * divisor}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

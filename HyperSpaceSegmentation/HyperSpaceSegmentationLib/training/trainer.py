@@ -74,10 +74,8 @@ class TrainConfig:
             raise UserError(f"--fixed-spacing {self.fixed_spacing:g}: give a positive spacing in mm")
         if not self.features or min(self.features) < 1:
             raise UserError(f"--features {' '.join(map(str, self.features))}: give positive feature counts, one per level")
-        divisor = UNetConfig(self.dim, features=tuple(self.features)).divisor
-        if self.patch < 2 * divisor or self.patch % divisor:
-            raise UserError(f"--patch {self.patch}: a {len(self.features)}-level network needs a multiple of {divisor} "
-                            f"of at least {2 * divisor} voxels, such as {max(2, round(self.patch / divisor)) * divisor}")
+        if problem := UNetConfig(self.dim, features=tuple(self.features)).patch_problem(self.patch):
+            raise UserError(f"--patch {self.patch}: {problem}")
         for option, value in (("--iterations", self.iterations), ("--batch-size", self.batch_size),
                               ("--checkpoint-every", self.checkpoint_every), ("--rank", self.rank)):
             if value < 1:
