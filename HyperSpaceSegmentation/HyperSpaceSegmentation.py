@@ -243,14 +243,14 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 low=low, high=high)
             if parameters.inputVolume is None:
                 return
-            native = self.logic.estimate(parameters.inputVolume, "native", arguments["model"], arguments["device"])
-            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in native.native) + " mm"
-            if arguments["max_seconds"] is not None:
+            timed = arguments["max_seconds"] is not None  # chosen at run time: estimate the native spacing only
+            estimate = self.logic.estimate(parameters.inputVolume, "native" if timed else arguments["spacing"],
+                                           arguments["model"], arguments["device"], arguments["max_voxels"])
+            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in estimate.native) + " mm"
+            if timed:
                 self.ui.estimateLabel.text = _("The finest spacing within {seconds:g} s is chosen at run time, by "
                                                "timing the network on the device.").format(seconds=arguments["max_seconds"])
                 return
-            estimate = self.logic.estimate(parameters.inputVolume, arguments["spacing"], arguments["model"],
-                                           arguments["device"], arguments["max_voxels"])
         except UserError as error:
             self.ui.spacingWarningLabel.text = str(error)
             return
