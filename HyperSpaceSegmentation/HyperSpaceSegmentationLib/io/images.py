@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+import scipy.ndimage
 import SimpleITK as sitk
 
 from ..errors import UserError
@@ -345,11 +346,13 @@ def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str]
     values = sorted(v for v in names if v != 0)
     dtype = np.uint8 if max(values, default=0) <= np.iinfo(np.uint8).max else np.uint16
     layer = np.where(np.isin(voxels, values), voxels, 0).astype(dtype)
+    boxes = scipy.ndimage.find_objects(layer)  # every segment's bounding box, in one pass
     segments = []
     for index, value in enumerate(values):
         color = colors.get(value, SEGMENT_PALETTE[index % len(SEGMENT_PALETTE)])
+        box = boxes[value - 1] if value <= len(boxes) else None
         segments.append({"id": f"Segment_{value}", "name": names[value], "labelValue": int(value), "layer": 0,
-                         "extent": _extent(layer == value), "color": [float(c) for c in color]})
+                         "extent": _extent(box), "color": [float(c) for c in color]})
     slicerio.write_segmentation(str(path), {
         "voxels": layer, "ijkToLPS": ijk_to_lps(labels), "segments": segments,
         "containedRepresentationNames": ["Binary labelmap"], "masterRepresentation": "Binary labelmap",
@@ -367,8 +370,8 @@ def _reference_geometry(image: sitk.Image) -> str:
     return "".join(f"{v:.17g};" for v in ijk_to_ras.ravel()) + "".join(f"{v};" for v in extent)
 
 
-def _extent(mask: np.ndarray) -> list[int]:
-    """Slicer's segment extent: first and last voxel index per axis, or an empty extent for an empty mask."""
-    if not mask.any():
+def _extent(box: tuple[slice, ...] | None) -> list[int]:
+    """Slicer's segment extent: first and last voxel index per axis, or an empty extent for an empty segment."""
+    if box is None:
         return [0, -1, 0, -1, 0, -1]
-    return [int(v) for axis in np.nonzero(mask) for v in (axis.min(), axis.max())]
+    return [v for axis in box for v in (axis.start, axis.stop - 1)]
