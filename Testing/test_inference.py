@@ -288,3 +288,27 @@ def test_ct_normalisation_is_fitted_on_labelled_voxels_only():
     fitted = fit_normalisation("ct", [(array, labels)])
     assert fitted.clip_low == pytest.approx(0.5, abs=0.1) and fitted.clip_high == pytest.approx(99.5, abs=0.1)
     assert fitted.mean == pytest.approx(50.0, abs=0.1) and fitted.std == pytest.approx(28.8, abs=0.3)
+
+
+def test_input_spacing_overrides_a_wrong_header_and_the_output_keeps_the_header(tmp_path, capsys):
+    image, _ = phantom(size=(24, 20, 12), spacing=(0.9, 1.1, 2.5), origin=(4.0, -3.0, 2.0), direction=OBLIQUE)
+    wrong = sitk.Image(image)
+    wrong.SetSpacing((1.0, 1.0, 1.0))  # a header that lost its spacing
+    sitk.WriteImage(image, str(tmp_path / "right.nrrd"))
+    sitk.WriteImage(wrong, str(tmp_path / "wrong.nrrd"))
+    model = save_model(tiny_model(), tmp_path / "model.pt")
+    common = ["--model", str(model), "--spacing", "2", "--quiet"]
+    assert main(["segment", str(tmp_path / "right.nrrd"), "-o", str(tmp_path / "right-seg.nrrd"), *common]) == 0
+    assert main(["segment", str(tmp_path / "wrong.nrrd"), "-o", str(tmp_path / "fixed-seg.nrrd"), *common,
+                 "--input-spacing", "0.9", "1.1", "2.5"]) == 0
+    assert main(["segment", str(tmp_path / "wrong.nrrd"), "-o", str(tmp_path / "wrong-seg.nrrd"), *common]) == 0
+    right, fixed, unfixed = (sitk.ReadImage(str(tmp_path / f"{name}-seg.nrrd")) for name in ("right", "fixed", "wrong"))
+    assert np.array_equal(sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(right))
+    assert not np.array_equal(sitk.GetArrayFromImage(unfixed), sitk.GetArrayFromImage(right))
+    header = sitk.ReadImage(str(tmp_path / "wrong.nrrd"))
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection"):  # as written, up to the file's decimal rounding
+        assert np.allclose(getattr(fixed, getter)(), getattr(header, getter)(), atol=1e-9, rtol=0)
+    capsys.readouterr()
+    code = main(["segment", str(tmp_path / "wrong.nrrd"), "-o", str(tmp_path / "x.nrrd"), *common,
+                 "--input-spacing", "1", "2"])
+    assert code == 2 and "--input-spacing has 2 values" in capsys.readouterr().err

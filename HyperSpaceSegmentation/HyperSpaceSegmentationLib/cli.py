@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--spacing", nargs="+", metavar="S",
                          help="working spacing: native (the image's own), auto (finest that fits the budget), one "
                               "value in mm, or one per axis (SX SY SZ); default: native (FS models: their own)")
+    segment.add_argument("--input-spacing", nargs="+", type=float, metavar="S", default=None,
+                         help="the input's true voxel spacing in mm, one value per axis of the file (or one for all), "
+                              "when its header's is wrong or missing; the output keeps the input's header")
     segment.add_argument("--max-voxels", type=float, default=None,
                          help="budget for --spacing auto: most voxels at working spacing (default 4e6)")
     segment.add_argument("--max-seconds", type=float, default=None,
@@ -163,6 +166,7 @@ def _load(path: str | None):
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from .geometry import with_spacing
     from .inference import Segmenter, SpacingRequest, parse_spacing
     from .io.images import check_image, check_not_an_input, check_output_path, nonfinite_note, read_image, write_labels
     from .progress import Reporter
@@ -174,8 +178,9 @@ def run_segment(args: argparse.Namespace) -> int:
     reporter = Reporter(stages=5, quiet=args.quiet, progress_lines=args.progress_lines)
     with reporter.stage("load model and image"):
         image = read_image(args.input)
+        scan = with_spacing(image, args.input_spacing, "--input-spacing") if args.input_spacing else image
         model = _load(args.model)
-        check_image(image, str(args.input), model.dim)
+        check_image(scan, str(args.input), model.dim)
         if note := nonfinite_note(image):
             reporter.log(f"note: {note}")
         request = parse_spacing(args.spacing)
@@ -185,18 +190,19 @@ def run_segment(args: argparse.Namespace) -> int:
         request = SpacingRequest(request.mode, request.values, args.max_voxels, args.max_seconds,
                                  args.allow_extrapolation)
         segmenter = Segmenter(model, device=args.device, patch=args.patch)
-        choice = segmenter.choose_spacing(image, request)
-        memory = segmenter.check_memory(image, choice.spacing)
+        choice = segmenter.choose_spacing(scan, request)
+        memory = segmenter.check_memory(scan, choice.spacing)
     for note in choice.notes:
         reporter.log(f"note: {note}")
     reporter.log(f"working spacing: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm "
                  f"(estimated memory need {memory:,.0f} MB)")
-    labels = segmenter.segment(image, choice.spacing, reporter)
+    labels = segmenter.segment(scan, choice.spacing, reporter)
+    labels.CopyInformation(image)  # the input's own header, whatever spacing was used for the work
     with reporter.stage("write"):
         write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)
     summary = {
         "input": str(args.input), "output": str(args.output), "spacing_mm": list(choice.spacing),
-        "native_spacing_mm": list(segmenter.native_spacing(image)), "spacing_axes": "LPS", "method": model.method, "device": segmenter.device.type,
+        "native_spacing_mm": list(segmenter.native_spacing(scan)), "spacing_axes": "LPS", "method": model.method, "device": segmenter.device.type,
         "notes": choice.notes,
         "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
                     "peak_gpu_memory_mb": r.peak_gpu_memory_mb} for r in reporter.records],

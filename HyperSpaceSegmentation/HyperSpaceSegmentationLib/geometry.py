@@ -13,6 +13,9 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import UserError
+from .io.images import check_spacing
+
 
 def canonical(image: sitk.Image) -> sitk.Image:
     """The image with axes permuted and flipped to lie closest to L, P, S (no resampling)."""
@@ -43,6 +46,19 @@ def working_grid(image: sitk.Image, spacing: Sequence[float]) -> sitk.Image:
     grid.SetOrigin([float(v) for v in origin])
     grid.SetDirection(image.GetDirection())
     return grid
+
+
+def with_spacing(image: sitk.Image, spacing: Sequence[float], option: str) -> sitk.Image:
+    """``image`` with its header's spacing replaced by ``spacing`` (one value per image axis, or one for all)."""
+    values = tuple(float(s) for s in spacing)
+    values = values * image.GetDimension() if len(values) == 1 else values
+    if len(values) != image.GetDimension():
+        raise UserError(f"{option} has {len(values)} values for a {image.GetDimension()}D image: give 1 or "
+                        f"{image.GetDimension()}, in the file's own axis order")
+    check_spacing(values, option)
+    fixed = sitk.Image(image)
+    fixed.SetSpacing(values)
+    return fixed
 
 
 def antialias_sigmas(old_spacing: Sequence[float], new_spacing: Sequence[float]) -> list[float]:

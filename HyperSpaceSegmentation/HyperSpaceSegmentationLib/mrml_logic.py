@@ -324,11 +324,13 @@ class HyperSpaceMRMLLogic:
 
     def segment(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
                 model: str | os.PathLike | None = None, device: str = "auto", wait: bool = True,
-                max_voxels: float | None = None, max_seconds: float | None = None) -> Any:
+                max_voxels: float | None = None, max_seconds: float | None = None,
+                input_spacing: Sequence[float] | None = None) -> Any:
         """Segment ``volumeNode`` with ``model`` (default: the embedded one) at ``spacing`` ("native", "auto", one
         value in mm, or three: x y z as on the command line) and return a new ``vtkMRMLSegmentationNode`` on the
         volume's grid, next to it in the subject hierarchy; with ``wait=False``, a ``SegmentationJob``.
-        ``max_voxels`` and ``max_seconds`` are the budgets of ``spacing="auto"`` (``--max-voxels``, ``--max-seconds``)."""
+        ``max_voxels`` and ``max_seconds`` are the budgets of ``spacing="auto"`` (``--max-voxels``, ``--max-seconds``);
+        ``input_spacing`` (mm, per volume axis I, J, K) replaces a wrong or missing spacing for the work only."""
         import slicer
 
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
@@ -351,6 +353,8 @@ class HyperSpaceMRMLLogic:
                     command += [option, repr(float(value))]
             if model is not None:
                 command += ["--model", str(Path(model).resolve())]
+            if input_spacing is not None:
+                command += ["--input-spacing", *(repr(float(v)) for v in input_spacing)]
             job = SegmentationJob(command, folder, output, volumeNode)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)

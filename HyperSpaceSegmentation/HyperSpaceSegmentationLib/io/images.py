@@ -170,7 +170,8 @@ def check_spacing(spacing: tuple[float, ...], source: str) -> None:
         if not math.isfinite(value) or not low <= value <= high:
             raise UserError(
                 f"{source} spacing ({', '.join(f'{v:.6g}' for v in spacing)}) mm is invalid: each value must lie in "
-                f"[{low:g}, {high:g}] mm; fix the spacing in the image header or on the command line"
+                f"[{low:g}, {high:g}] mm; fix the spacing in the image header, give the true one with --input-spacing, "
+                "or fix it on the command line"
             )
 
 
