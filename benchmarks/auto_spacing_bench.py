@@ -11,12 +11,9 @@ and the prediction time it led to, as a ratio of the budget.
 from __future__ import annotations
 
 import argparse
-import importlib.resources
-import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+from segment_runs import segment_summary, template_t1
 
 
 def main() -> None:
@@ -25,25 +22,16 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=["2", "5", "10", "30"])
     parser.add_argument("--image", default=None, help="image to segment (default: the MNI152 T1 template)")
     args = parser.parse_args()
-    image = args.image or str(importlib.resources.files("nilearn") / "datasets" / "data"
-                              / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    image = args.image or template_t1()
     print(f"image: {Path(image).name}; device: {args.device}")
     print("| budget (s) | chosen spacing (mm) | load + choose (s) | predict (s) | predict / budget |")
     print("|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as folder:
-        for budget in args.budgets:
-            result = subprocess.run(
-                [sys.executable, "-m", "HyperSpaceSegmentationLib.cli", "segment", image, "-o",
-                 str(Path(folder) / f"seg-{budget}.nrrd"), "--spacing", "auto", "--max-seconds", budget,
-                 "--device", args.device, "--json", "--quiet"],
-                capture_output=True, text=True, check=True,
-            )
-            summary = json.loads(result.stdout)
-            stages = {s["name"].split()[0]: s["seconds"] for s in summary["stages"]}
-            spacing = " x ".join(f"{s:.2f}" for s in summary["spacing_mm"])
-            print(f"| {budget} | {spacing} | {stages['load']:.2f} | {stages['predict']:.2f} | "
-                  f"{stages['predict'] / float(budget):.2f} |", flush=True)
-
+    for budget in args.budgets:
+        summary = segment_summary(image, ["--spacing", "auto", "--max-seconds", budget], args.device)
+        stages = {s["name"].split()[0]: s["seconds"] for s in summary["stages"]}
+        spacing = " x ".join(f"{s:.2f}" for s in summary["spacing_mm"])
+        print(f"| {budget} | {spacing} | {stages['load']:.2f} | {stages['predict']:.2f} | "
+              f"{stages['predict'] / float(budget):.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -10,12 +10,9 @@ Each spacing runs in a fresh process (so peak memory is its own) on the MNI152 T
 from __future__ import annotations
 
 import argparse
-import importlib.resources
-import json
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
+
+from segment_runs import segment_summary, template_t1
 
 
 def main() -> None:
@@ -24,25 +21,17 @@ def main() -> None:
     parser.add_argument("--spacings", nargs="+", default=["1", "1.5", "2", "3", "3.5"])
     parser.add_argument("--image", default=None, help="image to segment (default: the MNI152 T1 template)")
     args = parser.parse_args()
-    image = args.image or str(importlib.resources.files("nilearn") / "datasets" / "data"
-                              / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    image = args.image or template_t1()
     print(f"image: {Path(image).name}; device: {args.device}")
     print("| spacing (mm) | resample (s) | predict (s) | restore (s) | total (s) | peak memory (MB) |")
     print("|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as folder:
-        for spacing in args.spacings:
-            output = Path(folder) / f"seg-{spacing}.nrrd"
-            result = subprocess.run(
-                [sys.executable, "-m", "HyperSpaceSegmentationLib.cli", "segment", image, "-o", str(output),
-                 "--spacing", spacing, "--device", args.device, "--json", "--quiet", "--allow-extrapolation"],
-                capture_output=True, text=True, check=True,
-            )
-            stages = {s["name"].split()[0]: s for s in json.loads(result.stdout)["stages"]}
-            total = sum(s["seconds"] for s in stages.values())
-            peak = max(s["peak_memory_mb"] for s in stages.values())
-            print(f"| {spacing} | {stages['resample']['seconds']:.2f} | {stages['predict']['seconds']:.2f} | "
-                  f"{stages['restore']['seconds']:.2f} | {total:.2f} | {peak:.0f} |", flush=True)
-
+    for spacing in args.spacings:
+        summary = segment_summary(image, ["--spacing", spacing, "--allow-extrapolation"], args.device)
+        stages = {s["name"].split()[0]: s for s in summary["stages"]}
+        total = sum(s["seconds"] for s in stages.values())
+        peak = max(s["peak_memory_mb"] for s in stages.values())
+        print(f"| {spacing} | {stages['resample']['seconds']:.2f} | {stages['predict']['seconds']:.2f} | "
+              f"{stages['restore']['seconds']:.2f} | {total:.2f} | {peak:.0f} |", flush=True)
 
 if __name__ == "__main__":
     main()
