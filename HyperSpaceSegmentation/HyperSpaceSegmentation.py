@@ -108,6 +108,10 @@ class HyperSpaceSegmentationParameterNode:
     spacingZ: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
     budgetSeconds: Annotated[float, WithinRange(1.0, 3600.0)] = 60.0
     budgetMegavoxels: Annotated[float, WithinRange(0.1, 1000.0)] = 4.0
+    overrideInputSpacing: bool = False
+    inputSpacingX: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
+    inputSpacingY: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
+    inputSpacingZ: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
@@ -129,6 +133,8 @@ def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
         "spacing": spacing, "model": model, "device": parameters.device,
         "max_voxels": parameters.budgetMegavoxels * 1e6 if mode == SpacingMode.VOXEL_BUDGET else None,
         "max_seconds": parameters.budgetSeconds if mode == SpacingMode.TIME_BUDGET else None,
+        "input_spacing": ((parameters.inputSpacingX, parameters.inputSpacingY, parameters.inputSpacingZ)
+                          if parameters.overrideInputSpacing else None),
     }
 
 
@@ -219,6 +225,7 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         ):
             for widget in widgets:
                 widget.visible = shown
+        self.ui.inputSpacingWidget.enabled = parameters.overrideInputSpacing
         self.ui.modelPathLineEdit.enabled = not parameters.useEmbeddedModel
         running = self._job is not None
         self.ui.applyButton.enabled = parameters.inputVolume is not None and not running
@@ -245,8 +252,10 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 return
             timed = arguments["max_seconds"] is not None  # chosen at run time: estimate the native spacing only
             estimate = self.logic.estimate(parameters.inputVolume, "native" if timed else arguments["spacing"],
-                                           arguments["model"], arguments["device"], arguments["max_voxels"])
-            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in estimate.native) + " mm"
+                                           arguments["model"], arguments["device"], arguments["max_voxels"],
+                                           arguments["input_spacing"])
+            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in estimate.native) + " mm" + (
+                _(" (overridden)") if arguments["input_spacing"] else "")
             if timed:
                 self.ui.estimateLabel.text = _("The finest spacing within {seconds:g} s is chosen at run time, by "
                                                "timing the network on the device.").format(seconds=arguments["max_seconds"])

@@ -136,6 +136,9 @@ def test_estimate_follows_the_spacing_without_a_network_run(scene, model_file):
     coarse = logic.estimate(volume, 3.0, model_file, "cpu")
     assert coarse.spacing == pytest.approx((3.0, 3.0, 3.0)) and coarse.grid == (13, 14, 20)
     assert 0 < coarse.memory_mb < native.memory_mb and coarse.available_mb > 0
+    told = logic.estimate(volume, "native", model_file, "cpu", input_spacing=(2.0, 1.2, 1.0))
+    assert told.native == pytest.approx((2.0, 1.2, 1.0)) and told.grid == (40, 36, 30)
+    assert logic.estimate(volume, 3.0, model_file, "cpu", input_spacing=(2.0, 1.2, 1.0)).grid == (27, 14, 10)
     budget = logic.estimate(volume, "auto", model_file, "cpu", max_voxels=5000)
     assert budget.voxels <= 5000 or budget.notes
     low, high = logic.model_facts(model_file)["spacing_range_mm"]

@@ -281,10 +281,11 @@ class HyperSpaceMRMLLogic:
 
     def estimate(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
                  model: str | os.PathLike | None = None, device: str = "auto",
-                 max_voxels: float | None = None) -> SpacingEstimate:
-        """The working spacing, grid and memory need of segmenting ``volumeNode`` at ``spacing`` (as ``segment``;
-        a time budget is left out: it needs a network run), with the engine's notes (a spacing outside the
-        trained range). Runs no network: fast enough to follow a slider."""
+                 max_voxels: float | None = None, input_spacing: Sequence[float] | None = None) -> SpacingEstimate:
+        """The working spacing, grid and memory need of segmenting ``volumeNode`` at ``spacing`` (as ``segment``,
+        ``input_spacing`` too; a time budget is left out: it needs a network run), with the engine's notes (a
+        spacing outside the trained range). Runs no network: fast enough to follow a slider."""
+        from .geometry import with_spacing
         from .inference import Segmenter, SpacingRequest, parse_spacing
         from .system import available_memory_mb, resolve_device
 
@@ -293,6 +294,8 @@ class HyperSpaceMRMLLogic:
         request = parse_spacing(_spacing_words(spacing, max_voxels, None))
         request = SpacingRequest(request.mode, request.values, max_voxels)
         image = self._grid(volumeNode)
+        if input_spacing is not None:
+            image = with_spacing(image, input_spacing, "input_spacing")
         segmenter = Segmenter(self._model(model), device="cpu")
         choice = segmenter.choose_spacing(image, request)
         return SpacingEstimate(
