@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
 from .unet import ParameterSpec, UNet, UNetConfig, parameter_specs
 
@@ -109,8 +110,13 @@ class HyperSpaceNet(nn.Module):
         return weights
 
     def forward(self, x: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch whose samples may each have their own spacing ``(batch, dim)``."""
-        return self.unet(x, self.generate(spacing))
+        """Logits for a batch whose samples may each have their own spacing ``(batch, dim)``: the U-Net module
+        itself runs each sample with that sample's generated weights (vectorised over the batch)."""
+
+        def one_sample(weights: dict[str, torch.Tensor], sample: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.unet, weights, (sample[None],))[0]
+
+        return vmap(one_sample)(self.generate(spacing), x)
 
     @torch.no_grad()
     def static_unet(self, spacing: tuple[float, ...]) -> UNet:

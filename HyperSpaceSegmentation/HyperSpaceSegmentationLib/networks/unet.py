@@ -1,37 +1,54 @@
-"""The segmentation U-Net, usable with its own weights or with per-sample generated weights.
+"""The segmentation U-Net, usable with its own weights or with generated ones.
 
-One architecture serves every method: FS and AS train the module's own parameters, HyperSpace passes the
-weights its hypernetwork generated for each sample of a batch (``forward(x, weights)``), and
-``HyperSpaceNet.static_unet`` loads the weights generated for one spacing into a plain copy of this module.
+One architecture serves every method: FS and AS train the module's own parameters; HyperSpace runs this same
+module with the weights its hypernetwork generated for each sample (``torch.func.functional_call``), and
+``HyperSpaceNet.static_unet`` loads the weights generated for one spacing into a plain copy of it. A 2D U-Net
+may add Instructive Feature Enhancement (``networks.ife``) after its middle encoder stages.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Weights = Mapping[str, torch.Tensor]
-"""Per-sample parameters: the module's parameter names mapped to tensors of shape ``(batch, *param.shape)``."""
+from .ife import DEFAULT_RATIOS, VARIANTS, FeatureEnhancement, selected_channels
+
+IFE_LEVELS = (1, 2)
+"""The encoder levels whose outputs IFE enhances (with ratios r0, r1): the two middle stages of a 4-level
+U-Net. The enhanced features go down the encoder to the next stage; the skip connections carry the raw ones."""
 
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Shape of the U-Net: dimensionality, channels and depth."""
+    """Shape of the U-Net: dimensionality, channels, depth and IFE variant (2D only; ``ife_ratios`` default
+    to the paper's best for the variant)."""
 
     dim: int = 3
     in_channels: int = 1
     num_classes: int = 2
     features: tuple[int, ...] = (8, 16, 32, 64)
     convs_per_level: int = 3
+    ife: str = "none"
+    ife_ratios: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, not {self.dim}")
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))
+        if self.ife not in VARIANTS:
+            raise ValueError(f"IFE variant must be one of {', '.join(VARIANTS)}, not {self.ife!r}")
+        ratios = tuple(float(r) for r in self.ife_ratios) or DEFAULT_RATIOS.get(self.ife, ())
+        object.__setattr__(self, "ife_ratios", ratios if self.ife != "none" else ())
+        if self.ife != "none":
+            if self.dim != 2:
+                raise ValueError(f"IFE ({self.ife}) is defined for 2D networks, not {self.dim}D")
+            if len(self.features) < 4:
+                raise ValueError(f"IFE needs a U-Net of at least 4 levels (its middle stages), not {len(self.features)}")
+            if len(ratios) != len(IFE_LEVELS) or not all(0 <= r <= 1 for r in ratios):
+                raise ValueError(f"IFE ratios {ratios} must be {len(IFE_LEVELS)} values in [0, 1]")
 
     @property
     def divisor(self) -> int:
@@ -47,43 +64,26 @@ class UNetConfig:
         return (f"a {len(self.features)}-level network needs a multiple of {divisor} of at least {2 * divisor} voxels, "
                 f"such as {max(2, round(patch / divisor)) * divisor}")
 
+    def enhancement_ratio(self, level: int) -> float | None:
+        """IFE's ratio after encoder ``level``, or None where there is no enhancement."""
+        if self.ife == "none" or level not in IFE_LEVELS:
+            return None
+        return self.ife_ratios[IFE_LEVELS.index(level)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dim: int) -> torch.Tensor:
-    """Convolve each sample of a batch with its own kernel in one grouped convolution."""
-    batch = x.shape[0]
-    conv = F.conv3d if dim == 3 else F.conv2d
-    padding = weight.shape[-1] // 2
-    out = conv(
-        x.reshape(1, -1, *x.shape[2:]),
-        weight.reshape(-1, *weight.shape[2:]),
-        bias.reshape(-1),
-        padding=padding,
-        groups=batch,
-    )
-    return out.reshape(batch, -1, *out.shape[2:])
-
-
-class ConvNormReLU(nn.Module):
+class ConvNormReLU(nn.Sequential):
     """Convolution (3^dim), instance normalisation with affine parameters, ReLU."""
 
     def __init__(self, dim: int, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.dim = dim
         conv = nn.Conv3d if dim == 3 else nn.Conv2d
         norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
+        super().__init__()
         self.conv = conv(in_channels, out_channels, 3, padding=1)
         self.norm = norm(out_channels, affine=True)
-
-    def forward(self, x: torch.Tensor, weights: Weights | None = None) -> torch.Tensor:
-        if weights is None:
-            return F.relu(self.norm(self.conv(x)))
-        x = _conv(x, weights["conv.weight"], weights["conv.bias"], self.dim)
-        shape = (*weights["norm.weight"].shape, *([1] * self.dim))
-        x = F.instance_norm(x, eps=self.norm.eps)
-        return F.relu(x * weights["norm.weight"].reshape(shape) + weights["norm.bias"].reshape(shape))
+        self.relu = nn.ReLU()
 
 
 class Stage(nn.Module):
@@ -92,19 +92,10 @@ class Stage(nn.Module):
     def __init__(self, dim: int, in_channels: int, out_channels: int, count: int) -> None:
         super().__init__()
         channels = [in_channels] + [out_channels] * count
-        self.blocks = nn.ModuleList(ConvNormReLU(dim, a, b) for a, b in zip(channels[:-1], channels[1:]))
+        self.blocks = nn.Sequential(*(ConvNormReLU(dim, a, b) for a, b in zip(channels[:-1], channels[1:])))
 
-    def forward(self, x: torch.Tensor, weights: Weights | None = None) -> torch.Tensor:
-        for index, block in enumerate(self.blocks):
-            x = block(x, _sub(weights, f"blocks.{index}."))
-        return x
-
-
-def _sub(weights: Weights | None, prefix: str) -> dict[str, torch.Tensor] | None:
-    """The entries of ``weights`` under ``prefix``, with the prefix removed."""
-    if weights is None:
-        return None
-    return {name[len(prefix):]: value for name, value in weights.items() if name.startswith(prefix)}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
 
 
 class UNet(nn.Module):
@@ -114,13 +105,18 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         f, n, d = config.features, config.convs_per_level, config.dim
-        self.encoder = nn.ModuleList(
-            Stage(d, config.in_channels if level == 0 else f[level - 1], f[level], n) for level in range(len(f))
-        )
+        widths = [config.in_channels]
+        self.enhance = nn.ModuleDict()
+        for level in range(len(f) - 1):
+            ratio = config.enhancement_ratio(level)
+            widths.append(f[level] + (selected_channels(f[level], ratio) if ratio is not None else 0))
+            if ratio is not None:
+                self.enhance[str(level)] = FeatureEnhancement(config.ife, ratio)
+        self.encoder = nn.ModuleList(Stage(d, widths[level], f[level], n) for level in range(len(f)))
         self.decoder = nn.ModuleList(Stage(d, f[level] + f[level + 1], f[level], n) for level in range(len(f) - 1))
         self.head = (nn.Conv3d if d == 3 else nn.Conv2d)(f[0], config.num_classes, 1)
 
-    def forward(self, x: torch.Tensor, weights: Weights | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(batch, num_classes, *x.shape[2:])``; spatial sizes must divide ``config.divisor``."""
         pool = F.max_pool3d if self.config.dim == 3 else F.max_pool2d
         mode = "trilinear" if self.config.dim == 3 else "bilinear"
@@ -128,14 +124,14 @@ class UNet(nn.Module):
         for level, stage in enumerate(self.encoder):
             if level:
                 x = pool(x, 2)
-            x = stage(x, _sub(weights, f"encoder.{level}."))
+            x = stage(x)
             skips.append(x)
+            if str(level) in self.enhance:
+                x = self.enhance[str(level)](x)
         for level in reversed(range(len(self.decoder))):
             x = F.interpolate(x, scale_factor=2.0, mode=mode, align_corners=False)
-            x = self.decoder[level](torch.cat([skips[level], x], dim=1), _sub(weights, f"decoder.{level}."))
-        if weights is None:
-            return self.head(x)
-        return _conv(x, weights["head.weight"], weights["head.bias"], self.config.dim)
+            x = self.decoder[level](torch.cat([skips[level], x], dim=1))
+        return self.head(x)
 
 
 @dataclass(frozen=True)
