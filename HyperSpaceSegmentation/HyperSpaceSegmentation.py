@@ -93,6 +93,34 @@ class SpacingMode(enum.Enum):
         }[self]
 
 
+class SegmentationMode(enum.Enum):
+    """3D, or 2D with a 2D model: every slice across a chosen volume axis, or only the slice a slice view shows."""
+
+    VOLUME = "3d"
+    SLICE_BY_SLICE = "2d"
+    RED_VIEW = "2d Red"
+    YELLOW_VIEW = "2d Yellow"
+    GREEN_VIEW = "2d Green"
+
+    def label(self) -> str:
+        return {
+            SegmentationMode.VOLUME: _("3D"),
+            SegmentationMode.SLICE_BY_SLICE: _("2D, slice by slice"),
+            SegmentationMode.RED_VIEW: _("2D, the slice shown in the Red view"),
+            SegmentationMode.YELLOW_VIEW: _("2D, the slice shown in the Yellow view"),
+            SegmentationMode.GREEN_VIEW: _("2D, the slice shown in the Green view"),
+        }[self]
+
+    def engineMode(self) -> str:
+        """The logic's ``mode``: "3d" or "2d"."""
+        return self.value.split()[0]
+
+    def viewName(self) -> str | None:
+        """The layout name of the slice view whose slice is segmented, or None."""
+        words = self.value.split()
+        return words[1] if len(words) > 1 else None
+
+
 @parameterNodeWrapper
 class HyperSpaceSegmentationParameterNode:
     """The module's settings, saved with the scene. Each field is bound to the widget whose SlicerParameterName
@@ -101,6 +129,8 @@ class HyperSpaceSegmentationParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     useEmbeddedModel: bool = True
     modelFile: pathlib.Path
+    segmentationMode: SegmentationMode = SegmentationMode.VOLUME
+    sliceAxis: Annotated[str, Choice(["I", "J", "K"])] = "K"
     spacingMode: SpacingMode = SpacingMode.NATIVE
     isotropicSpacing: Annotated[float, WithinRange(0.5, 8.0)] = 3.0
     spacingX: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
@@ -121,12 +151,15 @@ class HyperSpaceSegmentationParameterNode:
 
 def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
     """The settings as keyword arguments of ``HyperSpaceMRMLLogic.segment`` (and, less ``max_seconds``, of
-    ``estimate``): a new option is a field above, a widget in the .ui and an entry here."""
+    ``estimate``): a new option is a field above, a widget in the .ui and an entry here. For the modes on a view's
+    slice, ``axis`` and ``slice_index`` come from the view at Apply (``viewSlice``)."""
     mode = parameters.spacingMode
+    engineMode = parameters.segmentationMode.engineMode()
+    perAxis = (parameters.spacingX, parameters.spacingY, parameters.spacingZ)
     spacing = {
         SpacingMode.NATIVE: "native",
         SpacingMode.ISOTROPIC: parameters.isotropicSpacing,
-        SpacingMode.PER_AXIS: (parameters.spacingX, parameters.spacingY, parameters.spacingZ),
+        SpacingMode.PER_AXIS: perAxis[:2] if engineMode == "2d" else perAxis,  # 2D: the slice plane's two axes
     }.get(mode, "auto")
     model = None if parameters.useEmbeddedModel else str(parameters.modelFile)
     return {
@@ -135,7 +168,29 @@ def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
         "max_seconds": parameters.budgetSeconds if mode == SpacingMode.TIME_BUDGET else None,
         "input_spacing": ((parameters.inputSpacingX, parameters.inputSpacingY, parameters.inputSpacingZ)
                           if parameters.overrideInputSpacing else None),
+        "mode": engineMode, "axis": "IJK".index(parameters.sliceAxis),
+        "slice_index": None,
     }
+
+
+def viewSliceNode(viewName: str):
+    """The slice node of the slice view ``viewName`` (Red, Yellow, Green), or None when the layout does not show it."""
+    layoutManager = slicer.app.layoutManager()
+    sliceWidget = layoutManager.sliceWidget(viewName) if layoutManager is not None else None
+    return sliceWidget.mrmlSliceNode() if sliceWidget is not None else None
+
+
+def modelDescription(facts: dict) -> str:
+    """The model's dimensionality and IFE variant, from ``model_facts`` (keys it lacks are left out)."""
+    dimensions, variant = facts.get("dimensions"), facts.get("ife")
+    if not dimensions:
+        return ""
+    if dimensions != 2:
+        return _("{dimensions}D model.").format(dimensions=dimensions)
+    if not variant or variant == "none":
+        return _("2D model, without IFE.")
+    return _("2D model with IFE ({variant}; ratios {ratios}).").format(
+        variant=variant, ratios=", ".join(f"{ratio:g}" for ratio in facts.get("ife_ratios") or ()))
 
 
 class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -150,6 +205,8 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._job = None
         self._shownLogLines = 0
         self._disagreementRank = 0
+        self._followedSliceNode = None
+        self._viewAxis = None  # the volume axis across which the followed view showed a slice, or None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -204,6 +261,7 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self._followView(None)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -212,12 +270,16 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     # settings -------------------------------------------------------------------------------------
     def updateGUI(self, caller=None, event=None) -> None:
-        """Show the widgets of the chosen spacing mode, the model's facts and the live estimate."""
+        """Show the widgets of the chosen segmentation and spacing modes, the model's facts and the live estimate."""
         parameters = self._parameterNode
         if parameters is None:
             return
         mode = parameters.spacingMode
+        viewName = parameters.segmentationMode.viewName()
         for widgets, shown in (
+            ((self.ui.sliceAxisLabel, self.ui.sliceAxisComboBox),
+             parameters.segmentationMode == SegmentationMode.SLICE_BY_SLICE),
+            ((self.ui.viewSliceTitleLabel, self.ui.viewSliceLabel), viewName is not None),
             ((self.ui.isotropicSpacingLabel, self.ui.isotropicSpacingSlider), mode == SpacingMode.ISOTROPIC),
             ((self.ui.perAxisSpacingLabel, self.ui.perAxisSpacingWidget), mode == SpacingMode.PER_AXIS),
             ((self.ui.budgetSecondsLabel, self.ui.budgetSecondsSpinBox), mode == SpacingMode.TIME_BUDGET),
@@ -225,6 +287,11 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         ):
             for widget in widgets:
                 widget.visible = shown
+        planar = parameters.segmentationMode.engineMode() == "2d"
+        self.ui.spacingZSpinBox.visible = not planar
+        self.ui.perAxisSpacingLabel.text = (_("Spacing in the slice plane (mm):") if planar
+                                            else _("Spacing x, y, z (mm):"))
+        self._followView(viewName)
         self.ui.inputSpacingWidget.enabled = parameters.overrideInputSpacing
         self.ui.modelPathLineEdit.enabled = not parameters.useEmbeddedModel
         running = self._job is not None
@@ -232,9 +299,49 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.cancelButton.enabled = running
         self._showModelAndEstimate(parameters)
 
+    def _followView(self, viewName) -> None:
+        """Observe the slice node of the view whose slice is segmented (none in the other modes), so that the panel
+        shows the slice the view is on as it moves."""
+        sliceNode = viewSliceNode(viewName) if viewName is not None else None
+        if sliceNode is not self._followedSliceNode:
+            if self._followedSliceNode is not None:
+                self.removeObserver(self._followedSliceNode, vtk.vtkCommand.ModifiedEvent, self.showViewSlice)
+            if sliceNode is not None:
+                self.addObserver(sliceNode, vtk.vtkCommand.ModifiedEvent, self.showViewSlice)
+            self._followedSliceNode = sliceNode
+        self.showViewSlice()
+
+    def viewSlice(self, viewName: str) -> tuple[int, int]:
+        """The input volume's axis and slice that the slice view ``viewName`` shows (``UserError`` if none)."""
+        sliceNode = viewSliceNode(viewName)
+        if sliceNode is None:
+            raise UserError(_("The {view} view is not in the layout: choose a layout that shows it, or another "
+                              "view.").format(view=viewName))
+        return self.logic.slice_in_view(self._parameterNode.inputVolume, sliceNode)
+
+    def showViewSlice(self, caller=None, event=None) -> None:
+        """The slice the chosen view shows, or why it cannot be segmented; when the view moves (``caller``) onto
+        another axis, or off every axis, the estimate follows (it depends on the axis alone)."""
+        parameters = self._parameterNode
+        viewName = parameters.segmentationMode.viewName() if parameters is not None else None
+        if viewName is None or parameters.inputVolume is None:
+            self.ui.viewSliceLabel.text = ""
+            return
+        try:
+            axis, index = self.viewSlice(viewName)
+            count = parameters.inputVolume.GetImageData().GetDimensions()[axis]
+            self.ui.viewSliceLabel.text = _("Slice {index} of 0-{last} across the volume's {axis} axis.").format(
+                index=index, last=count - 1, axis="IJK"[axis])
+        except UserError as error:
+            axis = None
+            self.ui.viewSliceLabel.text = str(error)
+        if caller is not None and axis != self._viewAxis:
+            self._showModelAndEstimate(parameters)
+        self._viewAxis = axis
+
     def _showModelAndEstimate(self, parameters) -> None:
-        """The model's labels and trained range, and the working grid and memory at the chosen spacing (no network
-        run; needs PyTorch, which Apply installs)."""
+        """The model's labels, trained range, dimensionality and IFE variant, and the working grid and memory at the
+        chosen spacing (no network run; needs PyTorch, which Apply installs)."""
         labels = (self.ui.modelInfoLabel, self.ui.nativeSpacingLabel, self.ui.estimateLabel, self.ui.spacingWarningLabel)
         for label in labels:
             label.text = ""
@@ -243,18 +350,28 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return
         arguments = segmentArguments(parameters)
         try:
-            facts = self.logic.model_facts(arguments["model"])
+            facts = self.logic.model_facts(arguments["model"], arguments["mode"])
             low, high = facts["spacing_range_mm"]
-            self.ui.modelInfoLabel.text = _("Labels: {labels}. Trained on spacings {low:g}-{high:g} mm.").format(
-                labels=", ".join(f"{value} {name}" for value, name in facts["labels"].items() if value != "0"),
-                low=low, high=high)
+            self.ui.modelInfoLabel.text = " ".join(filter(None, [
+                _("Labels: {labels}. Trained on spacings {low:g}-{high:g} mm.").format(
+                    labels=", ".join(f"{value} {name}" for value, name in facts["labels"].items() if value != "0"),
+                    low=low, high=high),
+                modelDescription(facts)]))
             if parameters.inputVolume is None:
                 return
+            viewName = parameters.segmentationMode.viewName()
+            if viewName is not None:
+                try:
+                    arguments["axis"], arguments["slice_index"] = self.viewSlice(viewName)
+                except UserError:
+                    return  # the Inputs section says why (showViewSlice)
             timed = arguments["max_seconds"] is not None  # chosen at run time: estimate the native spacing only
             estimate = self.logic.estimate(parameters.inputVolume, "native" if timed else arguments["spacing"],
                                            arguments["model"], arguments["device"], arguments["max_voxels"],
-                                           arguments["input_spacing"])
-            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in estimate.native) + " mm" + (
+                                           arguments["input_spacing"], arguments["mode"], arguments["axis"],
+                                           arguments["slice_index"])
+            plane = f" ({' x '.join(estimate.axes)})" if arguments["mode"] == "2d" else ""  # the slice plane's axes
+            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in estimate.native) + " mm" + plane + (
                 _(" (overridden)") if arguments["input_spacing"] else "")
             if timed:
                 self.ui.estimateLabel.text = _("The finest spacing within {seconds:g} s is chosen at run time, by "
@@ -263,11 +380,14 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         except UserError as error:
             self.ui.spacingWarningLabel.text = str(error)
             return
-        self.ui.estimateLabel.text = _(
-            "Working grid {grid} at {spacing} mm: {voxels:,} voxels; memory about {memory:,.0f} MB "
-            "({available:,.0f} MB free).").format(
+        text = _("Working grid {grid} at {spacing} mm: {voxels:,} voxels; memory about {memory:,.0f} MB "
+                 "({available:,.0f} MB free).") if arguments["mode"] == "3d" else _(
+            "{slices:,} slice(s), each on a working grid {grid} at {spacing} mm ({axes}): {voxels:,} voxels in all; "
+            "memory about {memory:,.0f} MB ({available:,.0f} MB free).")
+        self.ui.estimateLabel.text = text.format(
             grid=" x ".join(map(str, estimate.grid)), spacing=" x ".join(f"{s:.3g}" for s in estimate.spacing),
-            voxels=estimate.voxels, memory=estimate.memory_mb, available=estimate.available_mb)
+            axes=" x ".join(estimate.axes), voxels=estimate.voxels, memory=estimate.memory_mb,
+            available=estimate.available_mb, slices=estimate.slices)
         warnings = list(estimate.notes)
         if estimate.memory_mb > 0.9 * estimate.available_mb:
             warnings.append(_("This needs more memory than is free: choose a coarser spacing."))
@@ -281,8 +401,11 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
             self._shownLogLines = 0
-            self._job = self.logic.segment(self._parameterNode.inputVolume, wait=False,
-                                           **segmentArguments(self._parameterNode))
+            arguments = segmentArguments(self._parameterNode)
+            viewName = self._parameterNode.segmentationMode.viewName()
+            if viewName is not None:
+                arguments["axis"], arguments["slice_index"] = self.viewSlice(viewName)
+            self._job = self.logic.segment(self._parameterNode.inputVolume, wait=False, **arguments)
             self._timer.start()
             self.updateGUI()
 

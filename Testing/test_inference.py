@@ -39,8 +39,8 @@ class BorderArtefacts(torch.nn.Module):
 
 
 def test_blended_windows_are_probabilities_wherever_windows_overlap():
-    volume = torch.zeros(1, 40, 56, 72)  # 2 x 3 x 4 overlapping windows of 32^3
-    probabilities = predict_probabilities(volume, ConstantLogits(), 3, (32, 32, 32), overlap=0.5)
+    volume = torch.zeros(1, 1, 40, 56, 72)  # 2 x 3 x 4 overlapping windows of 32^3
+    probabilities = predict_probabilities(volume, ConstantLogits(), 3, (32, 32, 32), overlap=0.5)[0]
     expected = torch.softmax(torch.tensor([2.0, 0.5, -1.0]), 0)
     assert probabilities.shape == (3, 40, 56, 72)
     assert torch.allclose(probabilities, expected.view(3, 1, 1, 1).expand_as(probabilities), atol=1e-5)
@@ -48,7 +48,7 @@ def test_blended_windows_are_probabilities_wherever_windows_overlap():
 
 def test_gaussian_blending_hides_each_windows_border_where_another_window_sees_it_centrally():
     """nnU-Net's weighting (sigma = patch / 8): a window's rim weighs little against a neighbour's centre."""
-    probabilities = predict_probabilities(torch.zeros(1, 96, 96), BorderArtefacts(), 2, (32, 32), overlap=0.5)
+    probabilities = predict_probabilities(torch.zeros(1, 1, 96, 96), BorderArtefacts(), 2, (32, 32), overlap=0.5)[0]
     interior = probabilities[1, 16:80, 16:80]  # every voxel here lies centrally in some window
     assert interior.max() < 0.05
     assert probabilities[1, 0, 48] > 0.95  # the volume's own edge is seen by rims only
@@ -192,7 +192,8 @@ def test_json_summary_gives_both_spacings_in_lps_axis_order(tmp_path, capsys):
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("direction", [None, OBLIQUE])
 def test_a_single_slice_volume_is_segmented_on_its_own_grid(dim, direction):
-    image, truth = asymmetric_phantom(size=(40, 36, 1), spacing=(0.9, 1.1, 4.0), origin=(5.0, 6.0, 7.0), direction=direction)
+    image, truth = asymmetric_phantom(size=(40, 36, 20), spacing=(0.9, 1.1, 4.0), origin=(5.0, 6.0, 7.0), direction=direction)
+    image, truth = (sitk.RegionOfInterest(volume, (40, 36, 1), (0, 0, 8)) for volume in (image, truth))  # both objects
     segmenter = Segmenter(oracle_model(dim=dim), device="cpu", patch=32)
     choice = segmenter.choose_spacing(image, SpacingRequest("native"))
     assert len(choice.spacing) == dim

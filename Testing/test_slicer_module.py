@@ -1,7 +1,8 @@
 """The Slicer module without Slicer: the .ui is valid Qt Designer XML with known widget classes, every widget the
 module code uses exists there, every parameter-node field is bound to a widget that can represent it, the module
-imports nothing at start-up that Slicer lacks before Apply; and the live estimate of the Spacing panel on real MRML
-nodes (slicer-core)."""
+imports nothing at start-up that Slicer lacks before Apply; the live estimate of the Spacing panel on real MRML
+nodes (slicer-core); and, with stand-ins for what only Slicer's application has, the segmentation modes' arguments,
+the panel following the chosen view's slice, and Apply on that slice."""
 
 from __future__ import annotations
 
@@ -149,3 +150,160 @@ def test_estimate_follows_the_spacing_without_a_network_run(scene, model_file):
         logic.estimate(volume, 3.0, model_file, "cpu", max_voxels=5000)
     with pytest.raises(UserError, match="does not exist"):
         logic.estimate(volume, "native", "missing.pt")
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """The module file imported with stand-ins for what only Slicer's application has (qt, slicer.i18n, the parameter
+    node wrapper, the scripted-module base classes, slicer.app's layout): its functions and the widget's methods that
+    need no Qt run on real MRML nodes. The layout shows the Red and Yellow views (``module.sliceNodes``)."""
+    pytest.importorskip("slicer", reason="needs the slicer-core wheel")
+    import contextlib
+    import importlib.util
+    import types
+
+    import slicer
+    import slicer.util
+
+    stubs = {
+        "qt": types.ModuleType("qt"),
+        "slicer.i18n": types.SimpleNamespace(tr=lambda text: text),
+        "slicer.parameterNodeWrapper": types.SimpleNamespace(Choice=lambda choices: choices,
+                                                             WithinRange=lambda low, high: (low, high),
+                                                             parameterNodeWrapper=lambda cls: cls),
+        "slicer.ScriptedLoadableModule": types.SimpleNamespace(**{name: type(name, (), {}) for name in (
+            "ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
+            "ScriptedLoadableModuleWidget")}),
+    }
+    for name, stub in stubs.items():
+        monkeypatch.setitem(sys.modules, name, stub)
+    monkeypatch.setattr(slicer.util, "tryWithErrorDisplay", lambda *args, **kwargs: contextlib.nullcontext())
+    sliceNodes = {}
+    layout = types.SimpleNamespace(sliceWidget=lambda name: types.SimpleNamespace(
+        mrmlSliceNode=lambda: sliceNodes[name]) if name in sliceNodes else None)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(layoutManager=lambda: layout), raising=False)
+    spec = importlib.util.spec_from_file_location("HyperSpaceSegmentationModule", MODULE / "HyperSpaceSegmentation.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    loaded.sliceNodes = sliceNodes
+    return loaded
+
+
+def settings(module, **fields):
+    """The module's settings with their defaults (the wrapper is a plain class here), some of them changed."""
+    parameters = module.HyperSpaceSegmentationParameterNode()
+    parameters.useEmbeddedModel = True
+    for name, value in fields.items():
+        setattr(parameters, name, value)
+    return parameters
+
+
+def test_segmentation_modes_map_to_the_logic_arguments(module):
+    Mode = module.SegmentationMode
+    labels = [mode.label() for mode in Mode]
+    assert len(set(labels)) == len(Mode) and labels[0] == "3D"
+    assert [w.get("class") for w in UI.iter("widget") if w.get("name") in ("segmentationModeComboBox",
+                                                                           "sliceAxisComboBox")] == ["QComboBox"] * 2
+    expected = {Mode.VOLUME: ("3d", None), Mode.SLICE_BY_SLICE: ("2d", None), Mode.RED_VIEW: ("2d", "Red"),
+                Mode.YELLOW_VIEW: ("2d", "Yellow"), Mode.GREEN_VIEW: ("2d", "Green")}
+    for mode, (engine_mode, view) in expected.items():
+        for axis, index in (("I", 0), ("J", 1), ("K", 2)):
+            arguments = module.segmentArguments(settings(module, segmentationMode=mode, sliceAxis=axis))
+            assert (arguments["mode"], arguments["axis"], arguments["slice_index"]) == (engine_mode, index, None)
+            assert arguments["model"] is None  # the embedded model of the mode: the logic passes no --model
+        assert mode.viewName() == view
+        perAxis = module.segmentArguments(settings(module, segmentationMode=mode, spacingX=1.1, spacingY=1.2,
+                                                   spacingZ=1.3, spacingMode=module.SpacingMode.PER_AXIS))
+        assert perAxis["spacing"] == ((1.1, 1.2) if engine_mode == "2d" else (1.1, 1.2, 1.3))  # 2D: the slice plane
+    assert module.HyperSpaceSegmentationParameterNode.segmentationMode == Mode.VOLUME  # 3D unless chosen
+
+
+def test_model_description_shows_dimensions_and_ife(module):
+    assert module.modelDescription({"labels": {}}) == ""  # an engine without these keys
+    assert module.modelDescription({"dimensions": 3}) == "3D model."
+    assert module.modelDescription({"dimensions": 2, "ife": "none", "ife_ratios": []}) == "2D model, without IFE."
+    assert module.modelDescription({"dimensions": 2, "ife": "curvature", "ife_ratios": [0.75, 0.5]}) == \
+        "2D model with IFE (curvature; ratios 0.75, 0.5)."
+
+
+def view_widget(module, volume, mode):
+    """The module's widget, less its Qt parts, on ``volume`` in ``mode``, with a stand-in for its labels."""
+    import types
+
+    from slicer.util import VTKObservationMixin
+
+    widget = object.__new__(module.HyperSpaceSegmentationWidget)
+    VTKObservationMixin.__init__(widget)
+    widget.logic = module.HyperSpaceMRMLLogic()
+    widget._followedSliceNode = None
+    widget._viewAxis = None
+    widget.estimates = []
+    widget._showModelAndEstimate = widget.estimates.append
+    widget._parameterNode = settings(module, inputVolume=volume, segmentationMode=mode)
+    widget.ui = types.SimpleNamespace(viewSliceLabel=types.SimpleNamespace(text=""))
+    return widget
+
+
+def test_the_panel_follows_the_slice_of_the_chosen_view(module, scene):
+    import numpy as np
+
+    image, _ = asymmetric_phantom(size=(20, 18, 14), spacing=(1.5, 1.0, 2.5), origin=(10.0, -20.0, 5.0))
+    volume = volume_node(image)
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    red.SetSliceToRASByNTP(0, 0, 1, 1, 0, 0, 0, 0, 5.0 + 6 * 2.5, 0)  # axial, on slice K = 6
+    yellow = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    yellow.SetLayoutName("Yellow")
+    yellow.SetSliceToRASByNTP(np.sin(0.2), 0, np.cos(0.2), 1, 0, 0, 0, 0, 20.0, 0)  # tilted
+    module.sliceNodes.update(Red=red, Yellow=yellow)
+
+    widget = view_widget(module, volume, module.SegmentationMode.RED_VIEW)
+    widget._followView("Red")
+    assert widget.ui.viewSliceLabel.text == "Slice 6 of 0-13 across the volume's K axis."
+    red.SetSliceOffset(5.0 + 9 * 2.5)  # the view moves: the panel follows
+    assert widget.ui.viewSliceLabel.text == "Slice 9 of 0-13 across the volume's K axis."
+    assert widget.viewSlice("Red") == (2, 9) and widget.estimates == []  # same axis: the estimate stands
+    red.SetSliceToRASByNTP(1, 0, 0, 0, 1, 0, -(10.0 + 4 * 1.5), 0, 0, 0)  # turned sagittal, on slice I = 4
+    assert widget.ui.viewSliceLabel.text == "Slice 4 of 0-19 across the volume's I axis."
+    assert len(widget.estimates) == 1  # another axis: the estimate follows
+    red.SetSliceToRASByNTP(0, 0, 1, 1, 0, 0, 0, 0, 5.0 + 9 * 2.5, 0)  # back to axial
+    assert len(widget.estimates) == 2 and widget.viewSlice("Red") == (2, 9)
+    widget._parameterNode.segmentationMode = module.SegmentationMode.YELLOW_VIEW
+    widget._followView("Yellow")
+    assert "Rotate to volume plane" in widget.ui.viewSliceLabel.text
+    red.SetSliceOffset(5.0 + 3 * 2.5)  # no longer followed
+    assert "Rotate to volume plane" in widget.ui.viewSliceLabel.text
+    with pytest.raises(UserError, match="Green view is not in the layout"):
+        widget.viewSlice("Green")
+    widget._parameterNode.segmentationMode = module.SegmentationMode.VOLUME
+    widget._followView(None)
+    assert widget._followedSliceNode is None and widget.ui.viewSliceLabel.text == ""
+
+
+def test_apply_segments_the_slice_the_view_shows(module, scene, monkeypatch):
+    import types
+
+    image, _ = asymmetric_phantom(size=(20, 18, 14), spacing=(1.5, 1.0, 2.5), origin=(10.0, -20.0, 5.0))
+    volume = volume_node(image)
+    green = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    green.SetLayoutName("Green")
+    green.SetSliceToRASByNTP(0, 1, 0, 1, 0, 0, 0, -(-20.0 + 4 * 1.0), 0, 0)  # coronal, on slice J = 4 (RAS y = -LPS y)
+    module.sliceNodes["Green"] = green
+    calls = []
+    widget = view_widget(module, volume, module.SegmentationMode.GREEN_VIEW)
+    widget.logic.segment = lambda volumeNode, **arguments: calls.append((volumeNode, arguments))
+    widget.ui = types.SimpleNamespace(logTextEdit=types.SimpleNamespace(clear=lambda: None),
+                                      progressBar=types.SimpleNamespace(value=0))
+    widget._timer = types.SimpleNamespace(start=lambda: None)
+    widget.updateGUI = lambda: None
+    widget.resourcePath = lambda path: path
+    monkeypatch.setattr(module, "ensureDependencies", lambda requirements: None)
+
+    widget.onApply()
+    ((node, arguments),) = calls
+    assert node is volume and arguments["wait"] is False
+    assert (arguments["mode"], arguments["axis"], arguments["slice_index"]) == ("2d", 1, 4)
+    widget._parameterNode.segmentationMode = module.SegmentationMode.SLICE_BY_SLICE
+    widget._parameterNode.sliceAxis = "I"
+    widget.onApply()
+    assert (calls[1][1]["mode"], calls[1][1]["axis"], calls[1][1]["slice_index"]) == ("2d", 0, None)

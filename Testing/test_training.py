@@ -23,7 +23,7 @@ SMALL = dict(patch=16, batch_size=4, features=(4, 8, 8, 16), rank=2, hidden=16, 
 
 def test_patches_follow_the_drawn_spacing(dataset_json):
     dataset = load_dataset(dataset_json)
-    cases = [LoadedCase(*read_case(c, [0, 1, 2], 3), Normalisation("mr")) for c in dataset.training]
+    cases = [LoadedCase(*read_case(c, [0, 1, 2], 3), Normalisation("mr"), 3) for c in dataset.training]
     sampler = PatchSampler(cases, SamplingConfig((16, 24, 32), 0.8, 3.5, augment=False, foreground_fraction=1.0))
     rng = np.random.default_rng(1)
     spacings = []
@@ -58,7 +58,7 @@ def test_patch_spacing_is_returned_in_array_axis_order(tmp_path):
     labels[8:8 + size_mm["z"], 12:12 + size_mm["y"], 15:15 + size_mm["x"]] = 1
     image = labels * 100.0 + 10.0
     case = LoadedCase(*read_case(_case(tmp_path, image.astype(np.float32), labels, (1.0, 1.0, 1.0)), [0, 1], 3),
-                      Normalisation("mr"))
+                      Normalisation("mr"), 3)
     config = SamplingConfig((32, 32, 32), 0.8, 3.5, fixed_spacing=(1.0, 2.0, 3.0), foreground_fraction=1.0,
                             augment=False)
     rng = np.random.default_rng(0)
@@ -79,7 +79,8 @@ def test_patches_beyond_a_small_ct_are_air_and_ignored(tmp_path):
     labels[(grid ** 2).sum(0) < 36] = 2  # a bone sphere in its middle
     image = np.where(labels == 2, 700.0, 40.0) + rng.normal(0, 10, labels.shape)
     normalisation = Normalisation("ct", clip_low=-1000.0, clip_high=1500.0, mean=40.0, std=200.0)
-    case = LoadedCase(*read_case(_case(tmp_path, image.astype(np.float32), labels, (1.0,) * 3), [0, 1, 2], 3), normalisation)
+    case = LoadedCase(*read_case(_case(tmp_path, image.astype(np.float32), labels, (1.0,) * 3), [0, 1, 2], 3),
+                      normalisation, 3)
     coarse = PatchSampler([case], SamplingConfig((16, 16, 16), 0.8, 3.5, fixed_spacing=(3.0, 3.0, 3.0), augment=False))
     for _ in range(5):
         patch, patch_labels, _ = coarse.sample(rng)
@@ -125,7 +126,7 @@ def test_augmentation_rotates_2d_and_3d_patches(tmp_path, dim):
     labels[(slice(17, 23),) * (dim - 1)] = 1  # a bar along the last array axis (x), 6 voxels thick
     image = labels * 100.0 + 10.0
     case = LoadedCase(*read_case(_case(tmp_path, image.astype(np.float32), labels, (1.0,) * dim), [0, 1], dim),
-                      Normalisation("mr"))
+                      Normalisation("mr"), dim)
     config = dict(patch=(32,) * dim, spacing_min=0.8, spacing_max=3.5, fixed_spacing=(1.0,) * dim,
                   foreground_fraction=1.0)
     assert _bar_angles(PatchSampler([case], SamplingConfig(**config, augment=False)), 3).max() < 1

@@ -20,6 +20,7 @@ from .errors import UserError
 
 RESOURCES = Path(__file__).resolve().parent / "resources"  # package data: installed with the engine
 DEFAULT_MODEL = RESOURCES / "models" / "brain-tissue-mni152.pt"
+DEFAULT_MODEL_2D = RESOURCES / "models" / "white-matter-2d-mni152.pt"  # for --mode 2d and 2D images
 SAMPLE_SCAN = RESOURCES / "samples" / "MNI152-T1-1.5mm.nrrd"
 
 
@@ -42,27 +43,47 @@ def _parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser(
         "segment", help="segment an image with a model, at its native spacing or any other",
-        description="Segment INPUT and write the labels on INPUT's own grid (size, spacing, origin, direction).",
-        epilog="Spacings per axis refer to the image axes after reorientation to the nearest L, P, S axes.",
+        description="Segment INPUT and write the labels on INPUT's own grid (size, spacing, origin, direction): as a "
+                    "whole with a 3D model, or slice by slice with a 2D model (--mode 2d).",
+        epilog="Spacings per axis refer to the image axes after reorientation to the nearest L, P, S axes (with "
+               "--mode 2d: the slice plane's two, in that order; the summary's spacing_axes names them).",
     )
-    segment.add_argument("input", help="image file (.nrrd, .nii.gz, .mha, ...) or a DICOM series folder")
+    segment.add_argument("input", help="image file (.nrrd, .nii.gz, .mha, ...; 2D: .png, .jpg, .tif, .bmp) or a "
+                                       "DICOM series folder")
     segment.add_argument("-o", "--output", required=True,
-                         help="output label image; the extension picks the format (.seg.nrrd: Slicer segmentation)")
-    _model_argument(segment)
+                         help="output label image; the extension picks the format (.seg.nrrd: Slicer segmentation; "
+                              ".png, .tif, .bmp: 2D results only)")
+    segment.add_argument("--model", default=None,
+                         help=f"model file (default: the embedded {DEFAULT_MODEL.name}; with --mode 2d, "
+                              f"{DEFAULT_MODEL_2D.name})")
+    segment.add_argument("--mode", choices=["3d", "2d"], default=None,
+                         help="3d: the volume as a whole (3D model); 2d: slice by slice (2D model); default: 2d for a "
+                              "2D image or a single-slice volume (unless --model is a 3D model), else 3d")
+    segment.add_argument("--axis", type=int, choices=[0, 1, 2], default=None,
+                         help="--mode 2d: segment the planes of constant index along this index axis of the FILE, as "
+                              "it stores the image (0 = i, 1 = j, 2 = k; not the L, P, S axes); default 2, or the axis "
+                              "of a single-slice volume's one slice")
+    segment.add_argument("--slice", type=int, default=None, metavar="K",
+                         help="--mode 2d: segment only slice K (0-based index along --axis in the file); every other "
+                              "slice of the output is 0 (default: every slice)")
     segment.add_argument("--spacing", nargs="+", metavar="S",
                          help="working spacing: native (the image's own), auto (finest that fits the budget), one "
-                              "value in mm, or one per axis (SX SY SZ); default: native (FS models: their own)")
-    segment.add_argument("--input-spacing", nargs="+", type=float, metavar="S", default=None,
-                         help="the input's true voxel spacing in mm, one value per axis of the file (or one for all), "
-                              "when its header's is wrong or missing; the output keeps the input's header")
+                              "value in mm, or one per axis (SX SY SZ; with --mode 2d, SX SY of the slice plane); "
+                              "default: native (FS models: their own)")
+    segment.add_argument("--input-spacing", "--image-spacing", nargs="+", type=float, metavar="S", default=None,
+                         help="the input's true voxel spacing in mm, one value per axis of the file (SX SY SZ, or SX "
+                              "SY for a 2D image; or one for all), when its header's is wrong or missing (pictures "
+                              "such as PNG have none); the output keeps the input's header")
     segment.add_argument("--max-voxels", type=float, default=None,
-                         help="budget for --spacing auto: most voxels at working spacing (default 4e6)")
+                         help="budget for --spacing auto: most voxels at working spacing (default 4e6; with --mode 2d, "
+                              "the slice's voxels times the slices segmented)")
     segment.add_argument("--max-seconds", type=float, default=None,
                          help="budget for --spacing auto: most seconds of prediction, measured on this device")
     segment.add_argument("--allow-extrapolation", action="store_true",
                          help="use a spacing outside the model's trained range instead of clamping it")
     segment.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
-    segment.add_argument("--patch", type=int, default=None, help="sliding-window size in voxels (default 128 in 3D)")
+    segment.add_argument("--patch", type=int, default=None,
+                         help="sliding-window size in voxels (default 128 in 3D, 512 in 2D)")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace OUTPUT if it exists (without it, an OUTPUT written meanwhile by another run is kept)")
     segment.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
@@ -71,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="also print machine-readable progress on stderr, one JSON event a line after "
                               "'HYPERSPACE_PROGRESS ' (for programs such as the Slicer module)")
 
-    info = commands.add_parser("info", help="describe a model: labels, spacing range, sizes",
+    info = commands.add_parser("info", help="describe a model: labels, spacing range, dimensions, IFE, sizes",
                                description="Describe a model file (default: the embedded model).")
     info.add_argument("model", nargs="?", default=None, help=f"model file (default: {DEFAULT_MODEL.name})")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -95,7 +116,16 @@ def _parser() -> argparse.ArgumentParser:
     # settings default to None so that --resume can tell the options given from the checkpoint's own settings
     train.add_argument("--method", choices=["hyperspace", "fs", "as"], default=None,
                        help="hyperspace (spacing-conditioned, the default), fs (fixed spacing) or as (spacing augmentation)")
-    train.add_argument("--dim", type=int, choices=[2, 3], default=None, help="2D or 3D model (default 3)")
+    train.add_argument("--dim", type=int, choices=[2, 3], default=None,
+                       help="2D or 3D model (default 3); a 2D model trains on 2D images or on slices of volumes")
+    train.add_argument("--ife", choices=["none", "curvature", "entropy"], default=None,
+                       help="2D models: Instructive Feature Enhancement variant (default none)")
+    train.add_argument("--ife-ratios", nargs=2, type=float, default=None, metavar=("R0", "R1"),
+                       help="share of channels IFE appends after the two middle encoder levels, each in [0, 1] "
+                            "(default: the paper's for the variant, 0.75 0.5 curvature, 0.5 0.5 entropy)")
+    train.add_argument("--slice-axes", nargs="+", type=int, default=None, metavar="AXIS",
+                       help="a 2D model on volumes: the LPS axes its slices are taken across, 0 L-R (sagittal), "
+                            "1 P-A (coronal), 2 S-I (axial) (default: the dataset's slice_axes, else 0 1 2)")
     train.add_argument("--spacing-range", nargs=2, type=float, default=None, metavar=("MIN", "MAX"),
                        help="random training spacing per axis in mm (default 0.8 3.5)")
     train.add_argument("--fixed-spacing", type=float, default=None,
@@ -156,19 +186,50 @@ def _model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help=f"model file (default: the embedded {DEFAULT_MODEL.name})")
 
 
-def _load(path: str | None):
+def _load(path: str | None, default: Path = DEFAULT_MODEL):
     from .io.model_file import load_model
 
-    if path is None and not DEFAULT_MODEL.exists():
-        raise UserError(f"the embedded model {DEFAULT_MODEL} is missing: reinstall hyperspace-segmentation, "
-                        "or pass --model")
-    return load_model(path or DEFAULT_MODEL)
+    if path is None and not default.exists():
+        what = "2D model" if default == DEFAULT_MODEL_2D else "model"
+        raise UserError(f"the embedded {what} {default} is missing: reinstall hyperspace-segmentation, or pass --model")
+    return load_model(path or default)
+
+
+def _mode_and_model(args: argparse.Namespace, size: Sequence[int]):
+    """``(mode, model)`` for segmenting the input, an image of ``size`` voxels: ``--mode``, by default 2d for a 2D
+    image or a single-slice volume unless ``--model`` is a 3D model, else 3d; ``--model``, by default the embedded
+    model of the mode. A ``UserError`` for a model that does not fit the mode or the image, or for slices chosen
+    in 3d mode."""
+    planar = len(size) == 2 or 1 in size
+    model = _load(args.model) if args.model else None
+    mode = args.mode or ("2d" if planar and (model is None or model.dim == 2) else "3d")
+    if mode == "3d" and (args.axis is not None or args.slice is not None):
+        raise UserError("--axis and --slice choose the slices of --mode 2d (slice by slice, with a 2D model): "
+                        "add --mode 2d")
+    model = model or _load(None, DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL)
+    name = args.model or (DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL).name
+    if mode == "2d" and model.dim == 3:
+        raise UserError(f"--mode 2d segments slice by slice with a 2D model, but {name} is a 3D model: pass a 2D model "
+                        "with --model, or drop --mode 2d")
+    if mode == "3d" and model.dim == 2:
+        if planar:
+            raise UserError(f"--mode 3d needs a 3D model, but {name} is a 2D model: drop --mode 3d, or pass a 3D model")
+        raise UserError(f"{args.input} is a 3D image of {' x '.join(map(str, size))} voxels and {name} is a 2D model: "
+                        "pass --mode 2d (slice by slice; --axis, --slice choose the slices) or use a 3D model")
+    if mode == "3d" and len(size) == 2:
+        drop = "--model" if args.model else "--mode 3d"
+        raise UserError(f"{args.input} is a 2D image, which a 3D model cannot segment: use a 2D model (the default "
+                        f"for 2D images: drop {drop})")
+    return mode, model
 
 
 def run_segment(args: argparse.Namespace) -> int:
     from .geometry import with_spacing
-    from .inference import Segmenter, SpacingRequest, parse_spacing
-    from .io.images import check_image, check_not_an_input, check_output_path, nonfinite_note, read_image, write_labels
+    from .inference import Segmenter, Slices, SpacingRequest, parse_spacing
+    from .io.images import (
+        check_image, check_not_an_input, check_output_path, check_picture_output, nonfinite_note, picture_as_grey,
+        picture_spacing_note, read_image, write_labels,
+    )
     from .progress import Reporter
 
     if not args.output.strip():
@@ -177,11 +238,14 @@ def run_segment(args: argparse.Namespace) -> int:
     check_output_path(args.output, args.overwrite)
     reporter = Reporter(stages=5, quiet=args.quiet, progress_lines=args.progress_lines)
     with reporter.stage("load model and image"):
-        image = read_image(args.input)
+        image, colour_note = picture_as_grey(read_image(args.input), args.input)
         scan = with_spacing(image, args.input_spacing, "--input-spacing") if args.input_spacing else image
-        model = _load(args.model)
-        check_image(scan, str(args.input), model.dim)
-        if note := nonfinite_note(image):
+        check_image(scan, str(args.input))
+        check_picture_output(args.output, image, str(args.input))
+        mode, model = _mode_and_model(args, scan.GetSize())
+        notes = [colour_note, None if args.input_spacing else picture_spacing_note(image, args.input),
+                 nonfinite_note(image)]
+        for note in filter(None, notes):
             reporter.log(f"note: {note}")
         request = parse_spacing(args.spacing)
         if args.max_voxels is not None or args.max_seconds is not None:
@@ -189,24 +253,32 @@ def run_segment(args: argparse.Namespace) -> int:
                 raise UserError("--max-voxels and --max-seconds apply to --spacing auto: add --spacing auto")
         request = SpacingRequest(request.mode, request.values, args.max_voxels, args.max_seconds,
                                  args.allow_extrapolation)
-        segmenter = Segmenter(model, device=args.device, patch=args.patch)
+        slices = Slices(args.axis, args.slice).resolved(scan) if mode == "2d" else Slices()
+        segmenter = Segmenter(model, device=args.device, patch=args.patch, slices=slices)
+        view = segmenter.view(scan)
         choice = segmenter.choose_spacing(scan, request)
         memory = segmenter.check_memory(scan, choice.spacing)
     for note in choice.notes:
         reporter.log(f"note: {note}")
-    reporter.log(f"working spacing: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm "
+    where = ""
+    if mode == "2d":
+        count = f"{view.slices} slice" + ("s" if view.slices > 1 else "")
+        where = f" in the slice plane ({' x '.join(view.axes)}), {count} along file axis {slices.axis}"
+    reporter.log(f"working spacing: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm{where} "
                  f"(estimated memory need {memory:,.0f} MB)")
     labels = segmenter.segment(scan, choice.spacing, reporter)
     labels.CopyInformation(image)  # the input's own header, whatever spacing was used for the work
     with reporter.stage("write"):
         write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)
     summary = {
-        "input": str(args.input), "output": str(args.output), "spacing_mm": list(choice.spacing),
-        "native_spacing_mm": list(segmenter.native_spacing(scan)), "spacing_axes": "LPS", "method": model.method, "device": segmenter.device.type,
-        "notes": choice.notes,
+        "input": str(args.input), "output": str(args.output), "mode": mode, "spacing_mm": list(choice.spacing),
+        "native_spacing_mm": list(view.spacing), "spacing_axes": view.axes, "method": model.method,
+        "device": segmenter.device.type, "notes": choice.notes,
         "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
                     "peak_gpu_memory_mb": r.peak_gpu_memory_mb} for r in reporter.records],
     }
+    if mode == "2d":
+        summary.update(axis=slices.axis, slice=slices.index, slices=view.slices)
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
@@ -223,6 +295,7 @@ def describe(model, path: Path) -> dict:
         "spacing_range_mm": list(model.spacing_range),
         "fixed_spacing_mm": list(model.fixed_spacing) if model.fixed_spacing else None,
         "modality": model.normalisation.modality, "unet_features": list(model.unet_config.features),
+        "ife": model.unet_config.ife, "ife_ratios": list(model.unet_config.ife_ratios),
         "unet_parameters": counts["unet"], "hypernetwork_parameters": counts.get("hypernetwork"),
         "training": {k: v for k, v in model.training.items() if k != "config"},
     }
@@ -240,7 +313,12 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"spacing range:     {facts['spacing_range_mm'][0]:g}-{facts['spacing_range_mm'][1]:g} mm per axis")
     if facts["fixed_spacing_mm"]:
         print(f"fixed spacing:     {facts['fixed_spacing_mm']} mm")
+    print(f"dimensions:        {facts['dimensions']}D" + (" (slice by slice for volumes: --mode 2d)"
+                                                            if facts["dimensions"] == 2 else ""))
     print(f"U-Net:             {facts['unet_parameters']:,} parameters, features {facts['unet_features']}")
+    if facts["dimensions"] == 2:
+        ratios = ", ".join(f"{r:g}" for r in facts["ife_ratios"])
+        print(f"IFE:               {facts['ife']}" + (f" (ratios {ratios})" if ratios else ""))
     if facts["hypernetwork_parameters"]:
         print(f"hypernetwork:      {facts['hypernetwork_parameters']:,} parameters")
     return 0
@@ -276,13 +354,14 @@ def run_train(args: argparse.Namespace) -> int:
     from .training.trainer import resumed_config
 
     given = {name: getattr(args, name) for name in (
-        "dataset", "method", "dim", "fixed_spacing", "patch", "batch_size", "iterations", "learning_rate", "features",
-        "rank", "seed", "workers", "checkpoint_every", "device", "augment",
+        "dataset", "method", "dim", "ife", "ife_ratios", "slice_axes", "fixed_spacing", "patch", "batch_size",
+        "iterations", "learning_rate", "features", "rank", "seed", "workers", "checkpoint_every", "device", "augment",
     ) if getattr(args, name) is not None}
     if args.spacing_range is not None:
         given["spacing_min"], given["spacing_max"] = args.spacing_range
-    if "features" in given:
-        given["features"] = tuple(given["features"])
+    for name in ("features", "ife_ratios", "slice_axes"):
+        if name in given:
+            given[name] = tuple(given[name])
     if args.resume:
         config = resumed_config(args.output, given)
     elif "dataset" not in given:

@@ -3,8 +3,9 @@
 
 ``segment`` writes the volume to a temporary file (its own grid; a parent transform is not hardened: the result
 goes under the same transform), runs ``hyperspace segment`` in a background process (``pythonExecutable``:
-PythonSlicer in Slicer) and reads the ``.seg.nrrd`` it writes into a new segmentation node. ``evaluate`` scores
-two segmentation nodes with the engine's metrics into a table node; ``largest_disagreement_slice`` moves a slice
+PythonSlicer in Slicer) and reads the ``.seg.nrrd`` it writes into a new segmentation node; in 2D mode, slice by
+slice across one of the volume's IJK axes, or only the slice a slice view shows (``slice_in_view``). ``evaluate``
+scores two segmentation nodes with the engine's metrics into a table node; ``largest_disagreement_slice`` moves a slice
 view to where they differ most. ``slicer``, ``vtk`` and the engine's torch-based parts are imported inside the
 functions, so that this file imports without Slicer, and in Slicer before the module installs its dependencies. Nothing here opens a dialog.
 """
@@ -31,6 +32,13 @@ ENGINE_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds 
 ERROR_PREFIX = "hyperspace: error: "
 VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")  # what segment_folder reads
 SEGMENTATION_SUFFIXES = (".seg.nrrd", *VOLUME_SUFFIXES)  # references: Slicer segmentations or label maps
+MODES = ("3d", "2d")
+IJK = "IJK"
+VIEW_ALIGNMENT_TOLERANCE_RAD = 1e-3
+"""The largest angle between a slice view's normal and the normal of a volume axis's slices at which the view still
+shows those slices. Header round-off (direction cosines stored to 6 decimals, or in float32) is 1e-6 rad or less, and
+Slicer's "Rotate to volume plane" aligns a view to rounding; a tilt of 1e-3 rad (0.06 degrees) moves the plane by
+0.25 mm across a 250 mm field of view, a fraction of a slice, while a view turned on purpose is far beyond it."""
 
 
 def python_slicer_executable() -> str | None:
@@ -44,8 +52,10 @@ def python_slicer_executable() -> str | None:
 
 @dataclass(frozen=True)
 class SpacingEstimate:
-    """What a run at a spacing would work on: spacings in mm (x, y, z, axes after reorientation to LPS, as the
-    command line's ``--spacing``), the working grid, the estimated memory need and what the device has free."""
+    """What a run at a spacing would work on: spacings in mm along the network's axes ``axes`` (x, y, z after
+    reorientation to LPS, as the command line's ``--spacing``; in 2D mode the slice plane's two, such as ``PS``), the
+    working grid (in 2D, of each slice), the slices segmented (1 in 3D), the estimated memory need and what the
+    device has free."""
 
     native: tuple[float, ...]
     spacing: tuple[float, ...]
@@ -53,10 +63,13 @@ class SpacingEstimate:
     memory_mb: float
     available_mb: float
     notes: list[str] = field(default_factory=list)
+    axes: str = "LPS"
+    slices: int = 1
 
     @property
     def voxels(self) -> int:
-        return math.prod(self.grid)
+        """The working voxels over every slice segmented."""
+        return math.prod(self.grid) * self.slices
 
 
 @dataclass
@@ -273,43 +286,52 @@ class HyperSpaceMRMLLogic:
                 if node is not None:
                     scene.RemoveNode(node)
 
-    def model_facts(self, model: str | os.PathLike | None = None) -> dict:
-        """What ``hyperspace info`` says about ``model`` (default: the embedded one): labels, spacing range, ..."""
-        from .cli import DEFAULT_MODEL, describe
+    def model_facts(self, model: str | os.PathLike | None = None, mode: str = "3d") -> dict:
+        """What ``hyperspace info --json`` says about ``model`` (default: the embedded model of ``mode``, "3d" or
+        "2d"): labels, spacing range, dimensions, ..."""
+        from .cli import describe
 
-        return describe(self._model(model), Path(model or DEFAULT_MODEL))
+        return describe(self._model(model, mode), Path(model or _embedded_model(mode)))
 
     def estimate(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
                  model: str | os.PathLike | None = None, device: str = "auto",
-                 max_voxels: float | None = None, input_spacing: Sequence[float] | None = None) -> SpacingEstimate:
+                 max_voxels: float | None = None, input_spacing: Sequence[float] | None = None, mode: str = "3d",
+                 axis: int = 2, slice_index: int | None = None) -> SpacingEstimate:
         """The working spacing, grid and memory need of segmenting ``volumeNode`` at ``spacing`` (as ``segment``,
-        ``input_spacing`` too; a time budget is left out: it needs a network run), with the engine's notes (a
-        spacing outside the trained range). Runs no network: fast enough to follow a slider."""
+        ``input_spacing``, ``mode``, ``axis`` and ``slice_index`` too; a time budget is left out: it needs a network
+        run), with the engine's notes (a spacing outside the trained range). In 2D mode the spacings and grid are
+        those of each slice, in the slice plane. Runs no network: fast enough to follow a slider."""
         from .geometry import with_spacing
-        from .inference import Segmenter, SpacingRequest, parse_spacing
+        from .inference import Segmenter, Slices, SpacingRequest, parse_spacing
         from .system import available_memory_mb, resolve_device
 
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
             raise UserError("select a scalar volume node with image data")
         request = parse_spacing(_spacing_words(spacing, max_voxels, None))
         request = SpacingRequest(request.mode, request.values, max_voxels)
+        _mode_words(mode, axis, slice_index, volumeNode.GetImageData().GetDimensions())
+        loaded = self._model(model, mode)
+        needed = 2 if mode == "2d" else 3
+        if loaded.dim != needed:
+            raise UserError(f"{Path(model or _embedded_model(mode)).name} is a {loaded.dim}D model and mode "
+                            f"\"{mode}\" needs a {needed}D one: pick a {needed}D model, or None for the embedded one")
         image = self._grid(volumeNode)
         if input_spacing is not None:
             image = with_spacing(image, input_spacing, "input_spacing")
-        segmenter = Segmenter(self._model(model), device="cpu")
+        segmenter = Segmenter(loaded, device="cpu", slices=Slices(axis, slice_index) if mode == "2d" else Slices())
         choice = segmenter.choose_spacing(image, request)
+        view = segmenter.view(image)
         return SpacingEstimate(
-            native=segmenter.native_spacing(image), spacing=tuple(choice.spacing),
-            grid=segmenter.working_size(image, choice.spacing),
+            native=view.spacing, spacing=tuple(choice.spacing), grid=segmenter.working_size(image, choice.spacing),
             memory_mb=segmenter.estimate_memory_mb(image, choice.spacing),
-            available_mb=available_memory_mb(resolve_device(device)), notes=list(choice.notes))
+            available_mb=available_memory_mb(resolve_device(device)), notes=list(choice.notes), axes=view.axes,
+            slices=view.slices)
 
-    def _model(self, model: str | os.PathLike | None) -> Any:
-        """The model file, loaded once per path."""
-        from .cli import DEFAULT_MODEL
+    def _model(self, model: str | os.PathLike | None, mode: str = "3d") -> Any:
+        """The model file (default: the embedded model of ``mode``), loaded once per path."""
         from .io.model_file import load_model
 
-        path = Path(model or DEFAULT_MODEL).resolve()
+        path = Path(model or _embedded_model(mode)).resolve()
         if not path.is_file():
             raise UserError(f"model file {path} does not exist: pick an existing model file")
         key = f"{path}:{path.stat().st_mtime_ns}"
@@ -328,17 +350,22 @@ class HyperSpaceMRMLLogic:
     def segment(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
                 model: str | os.PathLike | None = None, device: str = "auto", wait: bool = True,
                 max_voxels: float | None = None, max_seconds: float | None = None,
-                input_spacing: Sequence[float] | None = None) -> Any:
-        """Segment ``volumeNode`` with ``model`` (default: the embedded one) at ``spacing`` ("native", "auto", one
-        value in mm, or three: x y z as on the command line) and return a new ``vtkMRMLSegmentationNode`` on the
-        volume's grid, next to it in the subject hierarchy; with ``wait=False``, a ``SegmentationJob``.
-        ``max_voxels`` and ``max_seconds`` are the budgets of ``spacing="auto"`` (``--max-voxels``, ``--max-seconds``);
-        ``input_spacing`` (mm, per volume axis I, J, K) replaces a wrong or missing spacing for the work only."""
+                input_spacing: Sequence[float] | None = None, mode: str = "3d", axis: int = 2,
+                slice_index: int | None = None) -> Any:
+        """Segment ``volumeNode`` with ``model`` (default: the embedded model of ``mode``) at ``spacing`` ("native",
+        "auto", one value in mm, or one per axis as on the command line: x y z, in 2D the slice plane's two) and
+        return a new ``vtkMRMLSegmentationNode`` on the volume's grid, next to it in the subject hierarchy; with
+        ``wait=False``, a ``SegmentationJob``. ``max_voxels`` and ``max_seconds`` are the budgets of
+        ``spacing="auto"`` (``--max-voxels``, ``--max-seconds``); ``input_spacing`` (mm, per volume axis I, J, K)
+        replaces a wrong or missing spacing for the work only. ``mode="2d"`` segments slice by slice across the
+        volume's IJK ``axis`` (0, 1, 2), or only the slice ``slice_index`` (0-based along ``axis``; the others stay
+        empty), with a 2D model (``--mode 2d``)."""
         import slicer
 
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
             raise UserError("select a scalar volume node with image data to segment")
         words = _spacing_words(spacing, max_voxels, max_seconds)  # the command line's own checks, before any work
+        mode_words = _mode_words(mode, axis, slice_index, volumeNode.GetImageData().GetDimensions())
         if model is not None and not Path(model).is_file():
             raise UserError(f"model file {model} does not exist: pick an existing model file, or None for the embedded one")
         folder = tempfile.mkdtemp(prefix="hyperspace-")
@@ -350,7 +377,7 @@ class HyperSpaceMRMLLogic:
             if not storage.WriteData(volumeNode):
                 raise UserError(f"volume {volumeNode.GetName()} could not be written to {folder}: free disk space there")
             command = [self.pythonExecutable, "-m", "HyperSpaceSegmentationLib.cli", "segment", source, "-o", output,
-                       "--spacing", *words, "--device", device, "--progress-lines"]
+                       "--spacing", *words, "--device", device, "--progress-lines", *mode_words]
             for option, value in (("--max-voxels", max_voxels), ("--max-seconds", max_seconds)):
                 if value is not None:
                     command += [option, repr(float(value))]
@@ -363,6 +390,36 @@ class HyperSpaceMRMLLogic:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return job.wait() if wait else job
+
+    def slice_in_view(self, volumeNode: Any, sliceNode: Any) -> tuple[int, int]:
+        """The volume's IJK axis (0, 1, 2) across which the slice view ``sliceNode`` cuts it, and the index of the
+        slice it shows: ``segment``'s ``axis`` and ``slice_index``. Works in world space (the volume's IJK-to-RAS
+        and linear parent transforms applied; oblique, flipped and permuted grids included). A view more than
+        ``VIEW_ALIGNMENT_TOLERANCE_RAD`` off every volume axis, or placed outside the volume, is a ``UserError``."""
+        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
+            raise UserError("select a scalar volume node with image data")
+        if sliceNode is None or not sliceNode.IsA("vtkMRMLSliceNode"):
+            raise UserError("select a slice view (Red, Yellow or Green)")
+        view = sliceNode.GetLayoutName() or sliceNode.GetName()
+        ijk_to_world = _ijk_to_world(volumeNode)
+        world_to_ijk = np.linalg.inv(ijk_to_world)
+        slice_to_ras = _array(sliceNode.GetSliceToRAS())
+        normal = slice_to_ras[:3, 2] / np.linalg.norm(slice_to_ras[:3, 2])
+        gradients = world_to_ijk[:3, :3]  # row a: the normal of the planes where index a is constant
+        angles = np.arctan2(np.linalg.norm(np.cross(gradients, normal), axis=1), np.abs(gradients @ normal))
+        axis = int(np.argmin(angles))
+        if angles[axis] > VIEW_ALIGNMENT_TOLERANCE_RAD:
+            raise UserError(f"the {view} view is turned {math.degrees(angles[axis]):.2g} degrees off the slices of "
+                            f"{volumeNode.GetName()}: align it with the view's \"Rotate to volume plane\" action")
+        dimensions = volumeNode.GetImageData().GetDimensions()
+        centre = ijk_to_world[:3] @ np.append((np.array(dimensions) - 1) / 2, 1.0)
+        on_plane = centre - ((centre - slice_to_ras[:3, 3]) @ normal) * normal  # the plane's point nearest the centre
+        position = float((world_to_ijk[:3] @ np.append(on_plane, 1.0))[axis])
+        index = math.floor(position + 0.5)
+        if not 0 <= index < dimensions[axis]:
+            raise UserError(f"the {view} view lies outside {volumeNode.GetName()} (at slice {position:.1f} along "
+                            f"{IJK[axis]}, which has slices 0 to {dimensions[axis] - 1}): move it into the volume")
+        return axis, index
 
     def evaluate(self, referenceSegmentationNode: Any, predictionSegmentationNode: Any, tolerance: float = 1.0) -> Any:
         """Score the prediction against the reference, segments matched by name, on the reference's grid, with
@@ -563,12 +620,57 @@ def _grid_image(dimensions: Sequence[int], ijk_to_ras: np.ndarray) -> Any:
     return grid
 
 
+def _mode_words(mode: str, axis: int, slice_index: int | None, dimensions: Sequence[int]) -> list[str]:
+    """``mode``, ``axis`` and ``slice_index`` as the command line's words, checked against the volume's dimensions."""
+    if mode not in MODES:
+        raise UserError(f"mode {mode!r}: give \"3d\" or \"2d\"")
+    if mode == "3d":
+        if slice_index is not None:
+            raise UserError("a slice applies to mode \"2d\": choose 2d, or leave the slice out")
+        return []
+    if not (isinstance(axis, (int, np.integer)) and 0 <= axis <= 2):
+        raise UserError(f"axis {axis!r}: give 0, 1 or 2 (the volume's I, J or K axis)")
+    words = ["--mode", "2d", "--axis", str(int(axis))]
+    if slice_index is None:
+        return words
+    if not (isinstance(slice_index, (int, np.integer)) and 0 <= slice_index < dimensions[axis]):
+        raise UserError(f"slice {slice_index}: give a slice index from 0 to {dimensions[axis] - 1} along {IJK[axis]}")
+    return [*words, "--slice", str(int(slice_index))]
+
+
+def _embedded_model(mode: str) -> Path:
+    """The embedded model the command line uses for ``mode`` when no model is given."""
+    from . import cli
+
+    return cli.DEFAULT_MODEL_2D if mode == "2d" else cli.DEFAULT_MODEL
+
+
+def _array(matrix: Any) -> np.ndarray:
+    """A ``vtkMatrix4x4`` as a 4x4 array."""
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
 def _ijk_to_ras(volumeNode: Any) -> np.ndarray:
     import vtk
 
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    return _array(matrix)
+
+
+def _ijk_to_world(volumeNode: Any) -> np.ndarray:
+    """The volume's IJK-to-RAS matrix with its parent transforms applied; a non-linear one is a ``UserError``."""
+    import vtk
+
+    parent = volumeNode.GetParentTransformNode()
+    if parent is None:
+        return _ijk_to_ras(volumeNode)
+    if not parent.IsTransformToWorldLinear():
+        raise UserError(f"{volumeNode.GetName()} is under a non-linear transform ({parent.GetName()}): harden the "
+                        "transform, or choose the slice axis yourself")
+    to_world = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(to_world)
+    return _array(to_world) @ _ijk_to_ras(volumeNode)
 
 
 def _slice_normal(sliceNode: Any) -> np.ndarray:

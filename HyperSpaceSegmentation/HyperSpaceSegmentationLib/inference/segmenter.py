@@ -4,6 +4,11 @@ Pipeline: the image is reoriented to the nearest LPS axes (a lossless permutatio
 in physical space to the working spacing (Gaussian anti-aliasing when down-sampling), predicted with a
 sliding window, and the class probabilities are resampled linearly onto the input grid, where the argmax
 gives the labels. Spacings handed to networks are in array-axis order (k, j, i), as the arrays are.
+
+A 2D model segments slice by slice (``Slices``): the planes of constant index along one of the file's index
+axes, all of them or one. Each slice is normalised as a 2D image (as 2D models are trained), the stack is
+resampled in-plane only (the slice axis keeps its spacing and gets no smoothing), and the slices go in batches
+through one network, generated for the in-plane working spacing. A 2D image is a stack of one slice.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..geometry import canonical, grid_size, physical_size, resample_to_spacing
+from ..geometry import canonical, grid_size, resample_to_spacing
 from ..io.images import check_spacing
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet
@@ -31,6 +36,8 @@ from .sliding_window import count_windows, patch_size_for, predict_probabilities
 DEFAULT_PATCH = {3: 128, 2: 512}
 DEFAULT_MAX_VOXELS = 4_000_000
 _REFERENCE_WINDOW = {3: 64, 2: 256}  # timed once for --max-seconds; smaller windows cost more per voxel (conservative)
+_MAX_BATCH = 32  # slices per network call: at most this many, and as many as _BATCH_MEMORY_MB of activations hold
+_BATCH_MEMORY_MB = 1024
 _EXTRAPOLATION_REACH = 4.0  # with --allow-extrapolation, auto may go this far beyond the coarsest trained spacing
 _RANGE_TOLERANCE = 1e-4  # a spacing this close (relative) to the trained range counts as inside it, without a note
 
@@ -66,6 +73,42 @@ def parse_spacing(words: Sequence[str] | None) -> SpacingRequest:
     return SpacingRequest("explicit", values)
 
 
+@dataclass(frozen=True)
+class Slices:
+    """The slices a 2D model segments: the planes of constant index along the file's index axis ``axis`` (0 = i,
+    1 = j, 2 = k, as stored), every one or only slice ``index``. ``axis`` ``None``: the last axis of size 1 (a
+    single-slice volume's slice), else k. A 2D image is one slice along k."""
+
+    axis: int | None = None
+    index: int | None = None
+
+    def resolved(self, image: sitk.Image) -> Slices:
+        """These slices of ``image`` with the axis filled in; a ``UserError`` for an axis or index outside it."""
+        size = tuple(image.GetSize()) + (1,) * (3 - image.GetDimension())
+        axis = self.axis if self.axis is not None else max((a for a, n in enumerate(size) if n == 1), default=2)
+        if axis not in (0, 1, 2):
+            raise UserError(f"--axis {axis}: give 0 (i), 1 (j) or 2 (k)")
+        if image.GetDimension() == 2 and axis != 2:
+            raise UserError(f"--axis {axis}: a 2D image is one slice (along axis 2): drop --axis")
+        if self.index is not None and not 0 <= self.index < size[axis]:
+            raise UserError(f"--slice {self.index} is out of range: the image has {size[axis]} slices along axis "
+                            f"{axis}; give 0 to {size[axis] - 1}")
+        return Slices(axis, self.index)
+
+
+@dataclass(frozen=True)
+class NetworkView:
+    """What the network sees of an image: the spacing (mm) and extent of the volume (3D model) or of each slice
+    (2D model) along its LPS axes ``axes`` (``LPS``, or the slice plane's two, such as ``PS``), the number of
+    slices segmented (1 for a 3D model) and the number of input voxels segmented."""
+
+    spacing: tuple[float, ...]
+    extent: tuple[float, ...]
+    axes: str
+    slices: int
+    voxels: int
+
+
 @dataclass
 class SpacingChoice:
     spacing: tuple[float, ...]  # x, y, z order (as SimpleITK)
@@ -73,13 +116,20 @@ class SpacingChoice:
 
 
 class Segmenter:
-    """Runs one model on images; networks generated for a spacing are cached (spacing rounded to 0.01 mm)."""
+    """Runs one model on images; networks generated for a spacing are cached (spacing rounded to 0.01 mm).
+
+    A 2D model segments the ``slices`` of each image (by default every slice along k, or a single-slice volume's
+    one slice); a 3D model takes each image as a whole.
+    """
 
     def __init__(
         self, model: SegmentationModel, device: str = "auto", patch: int | None = None,
-        overlap: float = 0.5, cache_size: int = 8,
+        overlap: float = 0.5, cache_size: int = 8, slices: Slices = Slices(),
     ) -> None:
+        if model.dim == 3 and slices != Slices():
+            raise UserError("a 3D model segments whole volumes: drop --axis and --slice, or use a 2D model")
         self.model = model
+        self.slices = slices
         self.device = resolve_device(device)
         self.model.network.to(self.device)
         if patch is not None and (problem := model.unet_config.patch_problem(patch)):
@@ -89,7 +139,6 @@ class Segmenter:
         self.cache_size = cache_size
         self._networks: OrderedDict[tuple[float, ...], nn.Module] = OrderedDict()
         self._seconds_per_voxel_measured: float | None = None
-        self._last_view: tuple[tuple | None, tuple] = (None, ())
 
     # networks -------------------------------------------------------------------------------------
     def network_for(self, spacing_zyx: Sequence[float]) -> nn.Module:
@@ -107,7 +156,8 @@ class Segmenter:
 
     # spacing --------------------------------------------------------------------------------------
     def choose_spacing(self, image: sitk.Image, request: SpacingRequest) -> SpacingChoice:
-        """The working spacing (x, y, z mm, axes after reorientation to LPS) for ``image`` under ``request``."""
+        """The working spacing (mm, along the network view's LPS axes: x, y, z, or a 2D model's slice plane's two)
+        for ``image`` under ``request``."""
         native = self.native_spacing(image)
         dim = len(native)
         mode = request.mode
@@ -118,7 +168,8 @@ class Segmenter:
         if mode == "explicit":
             spacing = request.values * dim if len(request.values) == 1 else request.values
             if len(spacing) != dim:
-                raise UserError(f"--spacing has {len(spacing)} values for a {dim}D image: give 1 or {dim}")
+                what = "slices (in the slice plane's L, P, S order)" if self.model.dim == 2 else "images"
+                raise UserError(f"--spacing has {len(spacing)} values for {dim}D {what}: give 1 or {dim}")
         elif mode == "native":
             spacing = native
         else:
@@ -157,7 +208,7 @@ class Segmenter:
             return spacing if extrapolate else _clamp(spacing, low, high)
 
         def fits(spacing: tuple[float, ...]) -> bool:
-            if max_voxels is not None and math.prod(self.working_size(image, spacing)) > max_voxels:
+            if max_voxels is not None and self.working_voxels(image, spacing) > max_voxels:
                 return False
             return request.max_seconds is None or self.estimate_seconds(image, spacing) <= request.max_seconds
 
@@ -174,7 +225,7 @@ class Segmenter:
         if not fits(spacing):
             needs = []
             if max_voxels is not None:
-                needs.append(f"{math.prod(self.working_size(image, spacing)):,} voxels (budget {max_voxels:,.0f})")
+                needs.append(f"{self.working_voxels(image, spacing):,} voxels (budget {max_voxels:,.0f})")
             if request.max_seconds is not None:
                 needs.append(f"about {self.estimate_seconds(image, spacing):.2g} s to predict "
                              f"(budget {request.max_seconds:g} s)")
@@ -185,33 +236,40 @@ class Segmenter:
         return SpacingChoice(spacing, notes)
 
     # estimates ------------------------------------------------------------------------------------
-    def _model_view(self, image: sitk.Image) -> sitk.Image:
-        """The image as the network sees it: reoriented to LPS, and a single-slice volume as a 2D image for 2D models."""
-        oriented = canonical(image)
-        if self.model.dim == 2 and oriented.GetDimension() == 3:
-            keep = [axis for axis, n in enumerate(oriented.GetSize()) if n > 1][:2] or [0, 1]
-            array = np.squeeze(sitk.GetArrayFromImage(oriented), axis=tuple(2 - a for a in range(3) if a not in keep))
-            plane = sitk.GetImageFromArray(array)
-            plane.SetSpacing([oriented.GetSpacing()[a] for a in keep])
-            return plane
-        return oriented
+    def view(self, image: sitk.Image) -> NetworkView:
+        """The network's view of ``image``, from its header alone (no copy of the voxels)."""
+        from_file = _reoriented_axes(image)
+        spacing = [image.GetSpacing()[a] for a in from_file]
+        size = [image.GetSize()[a] for a in from_file]
+        slice_axis = self._slice_axis(image)
+        plane = [a for a in range(len(size)) if a != slice_axis]
+        stack = size + [1] * (3 - len(size))  # a 2D image is a stack of one slice
+        count = stack[slice_axis] if slice_axis is not None and self.slices.index is None else 1
+        return NetworkView(tuple(spacing[a] for a in plane), tuple(size[a] * spacing[a] for a in plane),
+                           "".join("LPS"[a] for a in plane), count, count * math.prod(size[a] for a in plane))
 
-    def _view_geometry(self, image: sitk.Image) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(spacing, physical size) of the model's view of ``image``, in its axis order (x, y, z); kept for the
-        last grid, since the estimates of an auto spacing ask at every candidate and the view is a copy."""
-        key = (image.GetSize(), image.GetSpacing(), image.GetDirection())
-        if self._last_view[0] != key:
-            view = self._model_view(image)
-            self._last_view = (key, (tuple(view.GetSpacing()), physical_size(view)))
-        return self._last_view[1]
+    def _slice_axis(self, image: sitk.Image) -> int | None:
+        """The axis (x, y, z) of ``image`` reoriented to LPS along which a 2D model's slices lie (2 for a 2D
+        image); ``None`` for a 3D model, which a 2D image does not fit."""
+        if self.model.dim == 3:
+            if image.GetDimension() == 2:
+                raise UserError("the image is 2D, and a 3D model segments volumes only: use a 2D model")
+            return None
+        if image.GetDimension() == 2:
+            return 2
+        return _reoriented_axes(image).index(self.slices.resolved(image).axis)
 
     def native_spacing(self, image: sitk.Image) -> tuple[float, ...]:
-        """The image's spacing as the network sees it: LPS axes, and a single slice's two axes for a 2D model."""
-        return self._view_geometry(image)[0]
+        """The image's spacing as the network sees it: LPS axes, or the two of a 2D model's slice plane."""
+        return self.view(image).spacing
 
     def working_size(self, image: sitk.Image, spacing: Sequence[float]) -> tuple[int, ...]:
-        """Voxels per axis (x, y, z of the network's view) of the working grid of ``image`` at ``spacing``."""
-        return grid_size(self._view_geometry(image)[1], spacing)
+        """Voxels per axis (the network view's) of the working grid of the volume, or of each slice, at ``spacing``."""
+        return grid_size(self.view(image).extent, spacing)
+
+    def working_voxels(self, image: sitk.Image, spacing: Sequence[float]) -> int:
+        """Voxels of the working grid at ``spacing`` over every slice segmented (the volume, for a 3D model)."""
+        return math.prod(self.working_size(image, spacing)) * self.view(image).slices
 
     def _network_shape(self, image: sitk.Image, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         shape = tuple(reversed(self.working_size(image, spacing)))
@@ -220,23 +278,38 @@ class Segmenter:
     def estimate_memory_mb(self, image: sitk.Image, spacing: Sequence[float]) -> float:
         """Memory (MB) that segmenting ``image`` at ``spacing`` adds: volumes, accumulators and activations.
 
-        The activation term (8 feature maps' worth per level, convolution workspace included) was fitted on
-        the MNI152 template at 1-3.5 mm (see docs/BENCHMARKS.md): within 10% at 1-2 mm, up to 30% low at coarser
+        Per item (the volume, or each slice) at working spacing: its class probabilities and intensities; per item
+        of a batch (the volume, or the slices that go through the network together): its padded input and window
+        weights, and the activations of one window; and three copies of the input voxels segmented. The
+        activation term (8 feature maps' worth per level, convolution workspace included) was fitted on the
+        MNI152 template at 1-3.5 mm (see docs/BENCHMARKS.md): within 10% at 1-2 mm, up to 30% low at coarser
         spacings, where fixed costs dominate and the need is small anyway.
         """
         shape, patch = self._network_shape(image, spacing)
-        classes = len(self.model.labels)
-        working = math.prod(max(s, p) for s, p in zip(shape, patch))
-        source = math.prod(image.GetSize())
-        features = self.model.unet_config.features
-        activations = sum(f * 8 * math.prod(patch) / (2 ** (self.model.dim * level)) for level, f in enumerate(features))
-        total = 4 * (working * (classes + 3) + source * 3 + activations)
+        view = self.view(image)
+        batch = self._batch_size(patch, view.slices)
+        item = math.prod(max(s, p) for s, p in zip(shape, patch))
+        working = item * (view.slices * (len(self.model.labels) + 1) + 2 * batch)
+        total = 4 * (working + view.voxels * 3 + batch * self._activation_floats(patch))
         return total / 2**20
 
+    def _activation_floats(self, patch: Sequence[int]) -> float:
+        """Activations of one window of the network (see ``estimate_memory_mb``)."""
+        features = self.model.unet_config.features
+        return sum(f * 8 * math.prod(patch) / (2 ** (self.model.dim * level)) for level, f in enumerate(features))
+
+    def _batch_size(self, patch: Sequence[int], items: int) -> int:
+        """Items (slices) per network call: as many as ``_BATCH_MEMORY_MB`` of activations hold, at most
+        ``_MAX_BATCH`` and ``items``, at least one."""
+        fit = int(_BATCH_MEMORY_MB * 2**20 // (4 * self._activation_floats(patch)))
+        return max(1, min(items, _MAX_BATCH, fit))
+
     def estimate_seconds(self, image: sitk.Image, spacing: Sequence[float]) -> float:
-        """Prediction time (s): the voxels the windows process times the measured time per voxel on this device."""
+        """Prediction time (s): the voxels the windows process (over every slice segmented) times the measured time
+        per voxel on this device."""
         shape, patch = self._network_shape(image, spacing)
-        return count_windows(shape, patch, self.overlap) * math.prod(patch) * self._seconds_per_voxel()
+        windows = count_windows(shape, patch, self.overlap) * self.view(image).slices
+        return windows * math.prod(patch) * self._seconds_per_voxel()
 
     def _seconds_per_voxel(self) -> float:
         """Measured once per segmenter: one reference window (after a warm-up pass) of the model's network."""
@@ -270,31 +343,85 @@ class Segmenter:
 
     # segmentation ---------------------------------------------------------------------------------
     def segment(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter) -> sitk.Image:
-        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (x, y, z mm, LPS axes)."""
-        oriented = self._model_view(image)
-        normalisation = self.model.normalisation
+        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (mm, along the network view's
+        LPS axes: x, y, z, or a 2D model's slice plane's two)."""
+        source, oriented, slice_axis = self._network_input(image)
+        item_axis = None if slice_axis is None else 2 - slice_axis  # the slices' array axis (k, j, i order)
+        plane = [a for a in range(3) if a != slice_axis]
+        outside = self.model.normalisation.outside_value
         with reporter.stage("resample to working spacing"):
-            array = normalisation.apply(sitk.GetArrayViewFromImage(oriented))
-            normalised = sitk.GetImageFromArray(array)
+            normalised = sitk.GetImageFromArray(self._normalised(sitk.GetArrayViewFromImage(oriented), item_axis))
             normalised.CopyInformation(oriented)
-            working = resample_to_spacing(normalised, spacing, outside=normalisation.outside_value)
-            spacing_zyx = tuple(reversed(working.GetSpacing()))
-            volume = torch.from_numpy(sitk.GetArrayFromImage(working))[None].to(self.device)
-        patch = patch_size_for(volume.shape[1:], self.patch, self.model.unet_config.divisor)
-        windows = count_windows(volume.shape[1:], patch, self.overlap)
-        with reporter.stage(f"predict {windows} windows of {'x'.join(map(str, patch))}", total=windows) as update:
+            in_plane = iter(spacing)
+            stack_spacing = [oriented.GetSpacing()[a] if a == slice_axis else next(in_plane) for a in range(3)]
+            working = resample_to_spacing(normalised, stack_spacing, outside=outside)
+            items = _by_item(sitk.GetArrayViewFromImage(working), item_axis)  # (volume or slices, *shape)
+            spacing_zyx = tuple(working.GetSpacing()[a] for a in reversed(plane))
+        count, shape = items.shape[0], items.shape[1:]
+        classes = len(self.model.labels)
+        patch = patch_size_for(shape, self.patch, self.model.unet_config.divisor)
+        batch = self._batch_size(patch, count)
+        windows = count_windows(shape, patch, self.overlap)
+        windows_text = f"{windows} windows of {'x'.join(map(str, patch))}"
+        name = f"predict {windows_text}"
+        if slice_axis is not None:
+            name = f"predict {count} slices, up to {batch} at a time, {windows_text} each"
+        with reporter.stage(name, total=math.ceil(count / batch) * windows) as update:
             network = self.network_for(spacing_zyx)
-            probabilities = predict_probabilities(
-                volume, network, len(self.model.labels), patch, self.overlap, update, normalisation.outside_value,
-            ).cpu().numpy()
+            batched = np.empty((count, classes, *shape), np.float32) if count > batch else None
+            for start in range(0, count, batch):
+                images = torch.tensor(items[start:start + batch], device=self.device)[:, None]
+                result = predict_probabilities(images, network, classes, patch, self.overlap, update, outside)
+                if batched is None:  # one batch holds every item: its result is the whole
+                    batched = result.cpu().numpy()
+                else:
+                    batched[start:start + batch] = result.cpu().numpy()
+        probabilities = batched[0] if item_axis is None else np.moveaxis(batched, 0, item_axis + 1)
         with reporter.stage("restore input grid"):
-            if oriented.GetDimension() == image.GetDimension():
-                return probabilities_to_labels(probabilities, sorted(self.model.labels), working, image)
-            # a single-slice volume segmented as a 2D image: its voxels are the slice's pixels
-            plane = probabilities_to_labels(probabilities, sorted(self.model.labels), working, oriented)
-            labels = sitk.GetImageFromArray(sitk.GetArrayFromImage(plane).reshape(sitk.GetArrayViewFromImage(canonical(image)).shape))
-            labels.CopyInformation(canonical(image))
-            return sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            labels = probabilities_to_labels(probabilities, sorted(self.model.labels), working, source)
+            return self._on_input_grid(labels, image)
+
+    def _network_input(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image, int | None]:
+        """``(source, oriented, slice axis)``: the part of ``image`` segmented, as a volume (a 2D image is a volume
+        of one slice; with a slice index, that slice alone), the same reoriented to LPS, and the axis (x, y, z) of
+        the latter along which a 2D model's slices lie (``None`` for a 3D model)."""
+        slice_axis = self._slice_axis(image)
+        if image.GetDimension() == 2:
+            source = sitk.JoinSeries(canonical(image))
+            return source, source, slice_axis
+        source = image
+        if slice_axis is not None and self.slices.index is not None:
+            slices = self.slices.resolved(image)
+            size, start = list(image.GetSize()), [0, 0, 0]
+            size[slices.axis], start[slices.axis] = 1, slices.index
+            source = sitk.RegionOfInterest(image, size, start)
+        return source, canonical(source), slice_axis
+
+    def _normalised(self, array: np.ndarray, item_axis: int | None) -> np.ndarray:
+        """Intensities normalised per item: the whole volume, or each slice along ``item_axis`` as a 2D image."""
+        apply = self.model.normalisation.apply
+        if item_axis is None:
+            return apply(array)
+        normalised = np.empty(array.shape, np.float32)
+        for source, target in zip(_by_item(array, item_axis), _by_item(normalised, item_axis)):
+            target[...] = apply(source)
+        return normalised
+
+    def _on_input_grid(self, labels: sitk.Image, image: sitk.Image) -> sitk.Image:
+        """``labels`` of the part segmented (see ``_network_input``) on the grid of ``image``: a 2D image's one
+        plane; with a slice index, a volume whose every other slice is 0."""
+        if image.GetDimension() == 2:
+            array = sitk.GetArrayViewFromImage(labels)[0]
+        elif self.model.dim == 2 and self.slices.index is not None:
+            slices = self.slices.resolved(image)
+            array = np.zeros(image.GetSize()[::-1], np.uint8)
+            item_axis = 2 - slices.axis
+            _by_item(array, item_axis)[slices.index] = _by_item(sitk.GetArrayViewFromImage(labels), item_axis)[0]
+        else:
+            return labels
+        result = sitk.GetImageFromArray(array)
+        result.CopyInformation(image)
+        return result
 
 
 def probabilities_to_labels(
@@ -304,7 +431,7 @@ def probabilities_to_labels(
     best = np.full(sitk.GetArrayViewFromImage(reference).shape, -1.0, dtype=np.float32)
     labels = np.zeros(best.shape, dtype=np.uint8)
     for value, channel in zip(values, probabilities):
-        image = sitk.GetImageFromArray(channel.astype(np.float32))
+        image = sitk.GetImageFromArray(np.ascontiguousarray(channel, dtype=np.float32))
         image.CopyInformation(working)
         resampled = sitk.GetArrayFromImage(
             sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
@@ -315,6 +442,21 @@ def probabilities_to_labels(
     result = sitk.GetImageFromArray(labels)
     result.CopyInformation(reference)
     return result
+
+
+def _reoriented_axes(image: sitk.Image) -> tuple[int, ...]:
+    """For each axis of ``canonical(image)``, the axis of ``image`` it is (reorientation permutes and flips axes):
+    read from the directions alone, by reorienting a one-voxel image with the same direction."""
+    dim = image.GetDimension()
+    probe = sitk.Image([1] * dim, sitk.sitkUInt8)
+    probe.SetDirection(image.GetDirection())
+    cosines = np.reshape(image.GetDirection(), (dim, dim)).T @ np.reshape(canonical(probe).GetDirection(), (dim, dim))
+    return tuple(int(np.argmax(np.abs(cosines[:, axis]))) for axis in range(dim))
+
+
+def _by_item(array: np.ndarray, item_axis: int | None) -> np.ndarray:
+    """A view of ``array`` with its items first: its slices along ``item_axis``, or (``None``) itself as one item."""
+    return array[None] if item_axis is None else np.moveaxis(array, item_axis, 0)
 
 
 def _clamp(spacing: Sequence[float], low: float, high: float) -> tuple[float, ...]:

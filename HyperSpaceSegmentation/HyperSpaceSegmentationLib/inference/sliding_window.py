@@ -1,4 +1,5 @@
-"""Sliding-window prediction with Gaussian blending (overlap 0.5 by default), as nnU-Net and MIST do."""
+"""Sliding-window prediction of a batch of volumes or slices, with Gaussian blending (overlap 0.5 by default) as
+nnU-Net and MIST do."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) ->
 
 @torch.no_grad()
 def predict_probabilities(
-    volume: torch.Tensor,
+    images: torch.Tensor,
     network: nn.Module,
     num_classes: int,
     patch: Sequence[int],
@@ -58,29 +59,31 @@ def predict_probabilities(
     update: Callable[[int], None] | None = None,
     outside: float = 0.0,
 ) -> torch.Tensor:
-    """Softmax probabilities ``(num_classes, *shape)`` for a ``(channels, *shape)`` volume.
+    """Softmax probabilities ``(batch, num_classes, *shape)`` for a batch ``(batch, channels, *shape)`` of volumes
+    (3D networks) or slices (2D networks) of one shape.
 
-    ``patch`` must already fit the network (see ``patch_size_for``); a volume smaller than one patch is padded
-    with ``outside`` (the normalised intensity beyond a scan, as in training), and the blended probabilities
-    are divided by the summed window weights.
+    The batch goes through each window position together: one network call per window, after which
+    ``update(1)`` is called. ``patch`` must already fit the network (see ``patch_size_for``); images smaller than
+    one patch are padded with ``outside`` (the normalised intensity beyond a scan, as in training), and the
+    blended probabilities are divided by the summed window weights.
     """
-    shape = volume.shape[1:]
+    shape = images.shape[2:]
     padded = [max(s, p) for s, p in zip(shape, patch)]
     pad = []
     for s, p in zip(reversed(shape), reversed(padded)):
         pad += [0, p - s]
-    source = F.pad(volume, pad, value=outside) if any(pad) else volume
-    importance = gaussian_importance(patch).to(volume.device)
-    probabilities = torch.zeros((num_classes, *padded), device=volume.device)
-    weight_sum = torch.zeros(padded, device=volume.device)
+    source = F.pad(images, pad, value=outside) if any(pad) else images
+    importance = gaussian_importance(patch).to(images.device)
+    probabilities = torch.zeros((images.shape[0], num_classes, *padded), device=images.device)
+    weight_sum = torch.zeros(padded, device=images.device)
     starts = [window_starts(s, p, overlap) for s, p in zip(padded, patch)]
+    every = (slice(None), slice(None))  # every image of the batch, every channel
     for corner in itertools.product(*starts):
         region = tuple(slice(c, c + p) for c, p in zip(corner, patch))
-        logits = network(source[(slice(None), *region)][None])[0]
-        probabilities[(slice(None), *region)] += torch.softmax(logits.float(), dim=0) * importance
+        logits = network(source[(*every, *region)])
+        probabilities[(*every, *region)] += torch.softmax(logits.float(), dim=1) * importance
         weight_sum[region] += importance
         if update:
             update(1)
     probabilities /= weight_sum
-    return probabilities[(slice(None), *(slice(0, s) for s in shape))]
-
+    return probabilities[(*every, *(slice(0, s) for s in shape))]

@@ -18,11 +18,15 @@ import SimpleITK as sitk
 
 from ..errors import UserError
 
-IMAGE_EXTENSIONS = (
-    ".seg.nrrd", ".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm", ".tif", ".tiff", ".png",
-)
-# outputs are single files, so that writing one and moving it into place is one step (.mhd and .nhdr have two)
-OUTPUT_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
+# 2D pictures: their pixel spacing is rarely known, and colour ones are segmented by their luminance
+PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm") + PICTURE_EXTENSIONS
+# outputs are single files, so that writing one and moving it into place is one step (.mhd and .nhdr have two);
+# a picture (lossless only) holds the labels of a 2D image or of a single-slice volume
+PICTURE_OUTPUTS = (".png", ".tif", ".tiff", ".bmp")
+VOLUME_OUTPUTS = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
+OUTPUT_EXTENSIONS = VOLUME_OUTPUTS + PICTURE_OUTPUTS
+LUMINANCE = (0.299, 0.587, 0.114)  # grey value of an R, G, B pixel (ITU-R BT.601, as most image libraries)
 SPACING_LIMITS_MM = (1e-3, 100.0)
 
 
@@ -72,6 +76,30 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             raise UserError(f"{path} has an invalid voxel spacing in its header ({_first_line(error)}): "
                             "fix the spacing in the header") from None
         raise UserError(f"{path} could not be read as an image ({_first_line(error)}): check that it is not damaged") from None
+
+
+def picture_as_grey(image: sitk.Image, path: str | os.PathLike) -> tuple[sitk.Image, str | None]:
+    """A colour picture (RGB or RGBA; PNG, JPEG, TIFF or BMP) as one grey channel, its luminance (alpha ignored),
+    with a note that says so; any other image as it is, with no note."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if extension(path) not in PICTURE_EXTENSIONS or components not in (3, 4):
+        return image, None
+    colours = sitk.GetArrayViewFromImage(image)[..., :3].astype(np.float32)
+    grey = sitk.GetImageFromArray(colours @ np.array(LUMINANCE, np.float32))
+    grey.CopyInformation(image)
+    kind = "RGB" if components == 3 else "RGBA"
+    return grey, (f"{Path(path).name} is a colour ({kind}) picture: segmenting its luminance "
+                  f"({LUMINANCE[0]:g} R + {LUMINANCE[1]:g} G + {LUMINANCE[2]:g} B)")
+
+
+def picture_spacing_note(image: sitk.Image, path: str | os.PathLike) -> str | None:
+    """A note for a picture (PNG, JPEG, TIFF, BMP) that gives no pixel spacing, which is then 1 mm per pixel
+    (SimpleITK's default): the spacing is unknown. ``None`` for any other image."""
+    if extension(path) not in PICTURE_EXTENSIONS or any(s != 1.0 for s in image.GetSpacing()):
+        return None
+    values = " ".join(("SX", "SY", "SZ")[:image.GetDimension()])
+    return (f"{Path(path).name} gives no pixel spacing, so it is unknown and 1 mm per pixel is assumed: pass "
+            f"--image-spacing {values} with the true spacing in mm")
 
 
 @contextlib.contextmanager
@@ -175,7 +203,7 @@ def check_spacing(spacing: tuple[float, ...], source: str) -> None:
             )
 
 
-def check_image(image: sitk.Image, name: str, dim: int | None = None) -> None:
+def check_image(image: sitk.Image, name: str) -> None:
     """Check that ``image`` is a scalar 2D/3D image with a valid grid and usable voxel values."""
     size = image.GetSize()
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -186,11 +214,6 @@ def check_image(image: sitk.Image, name: str, dim: int | None = None) -> None:
         raise UserError(f"{name} is {image.GetDimension()}D: give a 2D or 3D image (split 4D series into volumes)")
     if 0 in size or math.prod(size) == 0:
         raise UserError(f"{name} is empty (size {size}): give an image with voxels")
-    if dim == 3 and image.GetDimension() == 2:
-        raise UserError(f"{name} is a 2D image, which a 3D model cannot segment: use a 2D model or a 3D image")
-    if dim == 2 and image.GetDimension() == 3 and 1 not in size:
-        raise UserError(f"{name} is a 3D image with several slices, which a 2D model cannot segment: use a 3D model, "
-                        "or a 2D or single-slice image")
     check_spacing(image.GetSpacing(), name)
     values = sitk.GetArrayViewFromImage(image)
     finite = np.isfinite(values)
@@ -310,6 +333,26 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> None:
     check_writable(path, overwrite)
 
 
+def check_picture_output(path: str | os.PathLike, image: sitk.Image, name: str) -> None:
+    """Refuse a picture output (PNG, TIFF, BMP: one 2D plane) for labels on the grid of ``image`` (called ``name``)
+    when that is a volume of several slices."""
+    if extension(path) in PICTURE_OUTPUTS and image.GetDimension() == 3 and 1 not in image.GetSize():
+        size = " x ".join(map(str, image.GetSize()))
+        raise UserError(f"{Path(path).name}: a {extension(path)} file holds one 2D picture, but {name} is a volume of "
+                        f"{size} voxels: use a volume format ({', '.join(VOLUME_OUTPUTS)})")
+
+
+def _picture(labels: sitk.Image, path: str | os.PathLike) -> sitk.Image:
+    """Labels as a one-byte 2D picture: a single-slice volume loses its (last) axis of one voxel."""
+    check_picture_output(path, labels, "the label image")
+    if labels.GetDimension() == 3:
+        axis = max(a for a, n in enumerate(labels.GetSize()) if n == 1)
+        plane = sitk.GetImageFromArray(np.take(sitk.GetArrayViewFromImage(labels), 0, axis=2 - axis))
+        plane.SetSpacing([s for a, s in enumerate(labels.GetSpacing()) if a != axis])
+        labels = plane
+    return sitk.Cast(labels, sitk.sitkUInt8)
+
+
 def write_labels(
     labels: sitk.Image,
     path: str | os.PathLike,
@@ -317,8 +360,11 @@ def write_labels(
     colors: Mapping[int, tuple[float, float, float]] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a label image; ``.seg.nrrd`` becomes a Slicer segmentation with named, coloured segments."""
+    """Write a label image; ``.seg.nrrd`` becomes a Slicer segmentation with named, coloured segments, and a picture
+    (PNG, TIFF, BMP) holds the labels of a 2D image or of a single-slice volume, one byte per pixel."""
     check_output_path(path, overwrite)
+    if extension(path) in PICTURE_OUTPUTS:
+        labels = _picture(labels, path)
     with atomic_output(path, overwrite) as temporary:
         if extension(path) == ".seg.nrrd":
             _write_segmentation(labels, temporary, names, colors or {})

@@ -6,10 +6,13 @@
       "labels": {"0": "background", "1": "CSF", "2": "grey matter", "3": "white matter"},
       "colors": {"1": [0.2, 0.4, 0.9]},
       "training": [{"id": "case1", "image": "images/case1.nii.gz", "label": "labels/case1.nii.gz"}],
-      "validation": [{"id": "case2", "image": "images/case2.nii.gz", "label": "labels/case2.nii.gz"}]
+      "validation": [{"id": "case2", "image": "images/case2.nii.gz", "label": "labels/case2.nii.gz"}],
+      "slice_axes": [0, 1, 2]
     }
 
-Paths are relative to the JSON file. ``colors`` and ``validation`` are optional; label ``0`` is background.
+Paths are relative to the JSON file. ``colors``, ``validation`` and ``slice_axes`` are optional; label ``0`` is
+background. ``slice_axes``: for a 2D model trained on 3D volumes, the axes (of the image reoriented to LPS) that
+its 2D slices are taken across: 0 L-R (sagittal slices), 1 P-A (coronal), 2 S-I (axial); all three by default.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..preprocessing import MODALITIES
 
+SLICE_AXES = {0: "L-R, sagittal slices", 1: "P-A, coronal", 2: "S-I, axial"}
+"""Axes of a volume (LPS, as ``read_case`` returns it) that a 2D model's slices may be taken across."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Dataset:
     training: list[Case]
     validation: list[Case] = field(default_factory=list)
     colors: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    slice_axes: tuple[int, ...] = ()  # empty: not given
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
@@ -76,7 +82,24 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         training=_cases(spec["training"], path, "training"),
         validation=_cases(spec.get("validation", []), path, "validation"),
         colors=_colors(spec.get("colors", {}), labels, path),
+        slice_axes=_slice_axes(spec.get("slice_axes"), path),
     )
+
+
+def slice_axes_problem(axes: object) -> str | None:
+    """Why ``axes`` are not slice axes (None if they are): distinct values among ``SLICE_AXES``, at least one."""
+    if not (isinstance(axes, (list, tuple)) and axes and all(type(axis) is int and axis in SLICE_AXES for axis in axes)
+            and len(set(axes)) == len(axes)):
+        return "give one or more distinct axes among " + ", ".join(f"{a} ({name})" for a, name in SLICE_AXES.items())
+    return None
+
+
+def _slice_axes(entry: object, json_path: Path) -> tuple[int, ...]:
+    if entry is None:
+        return ()
+    if problem := slice_axes_problem(entry):
+        raise UserError(f"dataset file {json_path}: 'slice_axes' {json.dumps(entry)}: {problem}")
+    return tuple(entry)
 
 
 def _colors(entries: object, labels: dict[int, str], json_path: Path) -> dict[int, tuple[float, float, float]]:

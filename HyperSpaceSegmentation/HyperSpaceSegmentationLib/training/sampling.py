@@ -7,6 +7,10 @@ then filled in one resampling pass from a crop of the normalised case, smoothed 
 looks like a coarse acquisition (the same anti-aliasing as inference). Intensity augmentation follows:
 contrast, brightness, gamma, a smooth multiplicative field, noise and extra blur; then random flips.
 
+A 2D sampler draws from 3D volumes too: each sample copies out the slice through the drawn centre across an
+axis drawn from ``slice_axes``, normalises it as a 2D image, and makes the patch from it as from a 2D image
+(cropped before smoothing, so neither the volume nor the whole slice is ever smoothed or resampled).
+
 Patch voxels beyond the image get the modality's outside intensity (``Normalisation.outside_value``: air for
 CT) and the label ``IGNORE``, which the loss skips: what lies outside a scan teaches the model nothing.
 """
@@ -26,7 +30,7 @@ from ..errors import UserError
 from ..geometry import antialias_sigmas, canonical, grid_difference, smooth
 from ..io.images import check_image, read_image
 from ..preprocessing import Normalisation
-from .dataset import Case
+from .dataset import SLICE_AXES, Case
 
 IGNORE = 255
 """Label of patch voxels outside the image: excluded from the loss (a class index never reaches it)."""
@@ -40,18 +44,20 @@ class SamplingConfig:
     fixed_spacing: tuple[float, ...] | None = None  # FS: every patch at this spacing (x, y, z)
     foreground_fraction: float = 0.33
     augment: bool = True
+    slice_axes: tuple[int, ...] = tuple(SLICE_AXES)  # a 2D sampler on volumes: the axes slices are taken across
 
 
 def read_case(case: Case, label_values: Sequence[int], dim: int) -> tuple[sitk.Image, np.ndarray]:
     """The case's image (LPS axes) and its label map as class indices (positions in ``label_values``).
 
-    A label map that is not a label map of this image (another grid, non-integer values, values the dataset
-    JSON does not declare) is a one-line ``UserError`` naming the case and the file.
+    For a 2D model (``dim`` 2), a volume stays a volume (its slices are sampled) and a single-slice volume is a
+    2D image (its slice). A label map that is not a label map of this image (another grid, non-integer values,
+    values the dataset JSON does not declare) is a one-line ``UserError`` naming the case and the file.
     """
     image = read_image(case.image)
     if image.GetDimension() == 2 and dim == 3:
         raise UserError(f"case {case.id}: {case.image} is a 2D image: train a 2D model with --dim 2, or give 3D images")
-    check_image(image, str(case.image), dim)
+    check_image(image, str(case.image))
     label_image = read_image(case.label)
     where = f"case {case.id}: label map {case.label}"
     if label_image.GetNumberOfComponentsPerPixel() != 1:
@@ -75,15 +81,26 @@ def read_case(case: Case, label_values: Sequence[int], dim: int) -> tuple[sitk.I
     for index, value in enumerate(label_values):
         if value < len(lookup):
             lookup[value] = index
-    return canonical(image), lookup[values.astype(np.int64)]
+    image, classes = canonical(image), lookup[values.astype(np.int64)]
+    if dim == 2 and image.GetDimension() == 3 and 1 in image.GetSize():
+        axis = image.GetSize().index(1)
+        return volume_slice(image, axis, 0), np.squeeze(classes, axis=2 - axis)
+    return image, classes
 
 
 class LoadedCase:
-    """A training case held in memory: normalised image, labels as class indices, foreground voxels."""
+    """A training case held in memory for a ``dim``-D model: image, labels as class indices, foreground voxels.
 
-    def __init__(self, image: sitk.Image, classes: np.ndarray, normalisation: Normalisation) -> None:
-        self.image = sitk.GetImageFromArray(normalisation.apply(sitk.GetArrayViewFromImage(image)))
+    The image is normalised as a whole; a volume for a 2D model is held as read instead, and each slice drawn from
+    it is normalised as a 2D image (``slice``), as ``hyperspace segment`` normalises the slices it segments.
+    """
+
+    def __init__(self, image: sitk.Image, classes: np.ndarray, normalisation: Normalisation, dim: int) -> None:
+        array = sitk.GetArrayViewFromImage(image)
+        by_slice = image.GetDimension() > dim
+        self.image = sitk.GetImageFromArray(array.astype(np.float32) if by_slice else normalisation.apply(array))
         self.image.CopyInformation(image)
+        self.normalisation = normalisation
         self.outside_value = normalisation.outside_value
         self.labels = sitk.GetImageFromArray(classes)
         self.labels.CopyInformation(image)
@@ -96,9 +113,20 @@ class LoadedCase:
             if len(voxels):
                 self.foreground.append(voxels[:, ::-1].copy())  # (i, j, k) order for SimpleITK
 
+    def slice(self, axis: int, position: int) -> tuple[sitk.Image, sitk.Image]:
+        """Slice ``position`` across ``axis`` of a volume held for a 2D model (see ``volume_slice``): its image,
+        normalised as a 2D image, and its labels."""
+        raw = volume_slice(self.image, axis, position)
+        image = sitk.GetImageFromArray(self.normalisation.apply(sitk.GetArrayViewFromImage(raw)))
+        image.CopyInformation(raw)
+        return image, volume_slice(self.labels, axis, position)
+
 
 class PatchSampler:
-    """Draws ``(image, labels, spacing)`` training patches; spacing in array-axis order (k, j, i)."""
+    """Draws ``(image, labels, spacing)`` training patches; spacing in array-axis order (k, j, i).
+
+    Patches have ``len(config.patch)`` dimensions; a 2D sampler takes them from slices of the 3D cases.
+    """
 
     def __init__(self, cases: list[LoadedCase], config: SamplingConfig) -> None:
         self.cases = cases
@@ -117,11 +145,12 @@ class PatchSampler:
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         case = self.cases[rng.integers(len(self.cases))]
         spacing = self.spacing(rng)
-        centre = self._centre(case, rng)
+        source, source_labels, index = self._source(case, self._centre_index(case, rng), rng)
+        centre = np.array(source.TransformContinuousIndexToPhysicalPoint(index.tolist()))
+        direction = np.array(source.GetDirection()).reshape(self.dim, self.dim)
         augment = self.config.augment
         matrix = _random_matrix(self.dim, rng) if augment else np.eye(self.dim)
         patch = np.array(self.config.patch[::-1])  # x, y, z
-        direction = np.array(case.image.GetDirection()).reshape(self.dim, self.dim)
         origin = centre - direction @ (spacing * (patch - 1) / 2)
         transform = sitk.AffineTransform(self.dim)
         transform.SetCenter(centre.tolist())
@@ -129,16 +158,16 @@ class PatchSampler:
         reference = sitk.Image(patch.tolist(), sitk.sitkUInt8)
         reference.SetSpacing(spacing.tolist())
         reference.SetOrigin(origin.tolist())
-        reference.SetDirection(case.image.GetDirection())
+        reference.SetDirection(source.GetDirection())
         if augment and rng.random() < 0.25:
             transform = sitk.CompositeTransform([transform, _elastic(reference, rng)])
         # sampling spacing in the source, once the patch is mapped through the random scaling
         scale = float(np.abs(np.linalg.det(matrix))) ** (1 / self.dim)
-        sigmas = antialias_sigmas(case.image.GetSpacing(), spacing * scale)
+        sigmas = antialias_sigmas(source.GetSpacing(), spacing * scale)
         if augment and rng.random() < 0.2:
             sigmas = [s + rng.uniform(0.25, 0.75) * sp for s, sp in zip(sigmas, spacing)]
         radius = 0.5 * float(np.linalg.norm(spacing * patch)) * max(scale, 1.0) * 1.3 + 4 * max(sigmas) + 4
-        image_crop, label_crop = _crop(case.image, centre, radius), _crop(case.labels, centre, radius)
+        image_crop, label_crop = _crop(source, centre, radius), _crop(source_labels, centre, radius)
         image = sitk.Resample(smooth(image_crop, sigmas), reference, transform, sitk.sitkLinear, case.outside_value,
                               sitk.sitkFloat32)
         labels = sitk.Resample(label_crop, reference, transform, sitk.sitkNearestNeighbor, IGNORE, sitk.sitkUInt8)
@@ -151,13 +180,23 @@ class PatchSampler:
                     image_array, label_array = np.flip(image_array, axis), np.flip(label_array, axis)
         return np.ascontiguousarray(image_array), np.ascontiguousarray(label_array), spacing[::-1].copy()
 
-    def _centre(self, case: LoadedCase, rng: np.random.Generator) -> np.ndarray:
+    def _centre_index(self, case: LoadedCase, rng: np.random.Generator) -> np.ndarray:
+        """The patch centre, a continuous voxel index (i, j, k) of the case: a voxel of a random foreground class
+        with probability ``foreground_fraction``, else anywhere."""
         if case.foreground and rng.random() < self.config.foreground_fraction:
             voxels = case.foreground[rng.integers(len(case.foreground))]
-            index = voxels[rng.integers(len(voxels))].astype(float)
-        else:
-            index = rng.uniform(0, np.array(case.image.GetSize()) - 1)
-        return np.array(case.image.TransformContinuousIndexToPhysicalPoint(index.tolist()))
+            return voxels[rng.integers(len(voxels))].astype(float)
+        return rng.uniform(0, np.array(case.image.GetSize()) - 1)
+
+    def _source(self, case: LoadedCase, index: np.ndarray,
+                rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image, np.ndarray]:
+        """(image, labels, the centre's continuous index in them) that a patch centred on voxel ``index`` of the case
+        is drawn from: the case itself, or for a volume and a 2D patch, the slice through ``index`` across an axis
+        drawn from ``slice_axes``."""
+        if case.image.GetDimension() == self.dim:
+            return case.image, case.labels, index
+        axis = self.config.slice_axes[rng.integers(len(self.config.slice_axes))]
+        return (*case.slice(axis, round(index[axis])), np.delete(index, axis))
 
 
 def _random_matrix(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -182,6 +221,16 @@ def _elastic(reference: sitk.Image, rng: np.random.Generator) -> sitk.Transform:
     parameters = rng.normal(0.0, 0.02 * extent, len(transform.GetParameters()))
     transform.SetParameters(parameters.tolist())
     return transform
+
+
+def volume_slice(volume: sitk.Image, axis: int, position: int) -> sitk.Image:
+    """Slice ``position`` across ``axis`` (x, y, z) of ``volume``, copied into a 2D image in the slice's own frame:
+    in-plane axes in the volume's order, its in-plane spacing, origin 0 and identity direction."""
+    index: list[int | slice] = [slice(None)] * 3
+    index[axis] = int(position)
+    plane = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayViewFromImage(volume)[tuple(reversed(index))]))
+    plane.SetSpacing([s for a, s in enumerate(volume.GetSpacing()) if a != axis])
+    return plane
 
 
 def _crop(image: sitk.Image, centre: np.ndarray, radius: float) -> sitk.Image:

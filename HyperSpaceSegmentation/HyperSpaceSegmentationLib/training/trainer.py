@@ -24,14 +24,14 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..evaluation.metrics import METRICS, Comparison, compute
-from ..inference import Segmenter, SpacingRequest
+from ..inference import Segmenter, Slices, SpacingRequest
 from ..io.images import atomic_output, check_writable, output_folder
 from ..io.model_file import METHODS, SegmentationModel, build_network, save_model
 from ..networks import HyperConfig, HyperSpaceNet, UNetConfig
 from ..preprocessing import fit_normalisation
 from ..progress import Reporter
 from ..system import resolve_device
-from .dataset import load_dataset
+from .dataset import SLICE_AXES, Dataset, load_dataset, slice_axes_problem
 from .sampling import IGNORE, LoadedCase, PatchSampler, PatchStream, SamplingConfig, read_case
 
 
@@ -43,6 +43,9 @@ class TrainConfig:
     output: str
     method: str = "hyperspace"
     dim: int = 3
+    ife: str = "none"  # 2D: Instructive Feature Enhancement variant (networks.ife)
+    ife_ratios: tuple[float, ...] = ()  # empty: the paper's for the variant
+    slice_axes: tuple[int, ...] = ()  # a 2D model on volumes: axes slices are taken across (empty: dataset's, or all)
     spacing_min: float = 0.8
     spacing_max: float = 3.5
     fixed_spacing: float | None = None
@@ -74,8 +77,21 @@ class TrainConfig:
             raise UserError(f"--fixed-spacing {self.fixed_spacing:g}: give a positive spacing in mm")
         if not self.features or min(self.features) < 1:
             raise UserError(f"--features {' '.join(map(str, self.features))}: give positive feature counts, one per level")
-        if problem := UNetConfig(self.dim, features=tuple(self.features)).patch_problem(self.patch):
+        if self.ife != "none" and self.dim != 2:
+            raise UserError(f"--ife {self.ife} enhances 2D networks only: add --dim 2, or leave --ife out")
+        if self.ife_ratios and self.ife == "none":
+            raise UserError("--ife-ratios needs an IFE variant: add --ife curvature or --ife entropy, or leave it out")
+        try:
+            unet_config = self.unet_config(num_classes=2)
+        except ValueError as error:  # IFE settings the U-Net cannot take
+            raise UserError(f"--ife {self.ife}: {error}: give --ife-ratios R0 R1 in [0, 1] and 4 or more --features "
+                            "levels") from None
+        if problem := unet_config.patch_problem(self.patch):
             raise UserError(f"--patch {self.patch}: {problem}")
+        if self.slice_axes and self.dim != 2:
+            raise UserError("--slice-axes applies to 2D models trained on volumes: add --dim 2, or leave it out")
+        if self.slice_axes and (problem := slice_axes_problem(list(self.slice_axes))):
+            raise UserError(f"--slice-axes {' '.join(map(str, self.slice_axes))}: {problem}")
         for option, value in (("--iterations", self.iterations), ("--batch-size", self.batch_size),
                               ("--checkpoint-every", self.checkpoint_every), ("--rank", self.rank)):
             if value < 1:
@@ -84,6 +100,11 @@ class TrainConfig:
             raise UserError(f"--learning-rate {self.learning_rate:g}: give a positive rate, such as 2e-3")
         if self.workers < 0:
             raise UserError(f"--workers {self.workers}: give 0 (load patches in the main process) or more")
+
+    def unet_config(self, num_classes: int) -> UNetConfig:
+        """The U-Net these settings train (one input channel)."""
+        return UNetConfig(self.dim, 1, num_classes, tuple(self.features), ife=self.ife,
+                          ife_ratios=tuple(self.ife_ratios))
 
 
 # settings a resumed run may change: how it runs, and (extending the run) how long
@@ -158,7 +179,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
     configuration (see ``resumed_config``) except for how the run is executed and a longer ``iterations``.
     """
     config.check()
-    config = replace(config, dataset=str(Path(config.dataset).resolve()), features=tuple(config.features))
+    config = replace(config, dataset=str(Path(config.dataset).resolve()), features=tuple(config.features),
+                     ife_ratios=tuple(config.ife_ratios), slice_axes=tuple(config.slice_axes))
     with output_folder(config.output, "-o") as output:  # removed again if the run fails before writing anything
         check_writable(output / "model.pt", overwrite=True)
         return _train(config, output, resume, overwrite, quiet)
@@ -178,6 +200,7 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
     # every case is read and checked before any training
     training = [read_case(case, label_values, config.dim) for case in dataset.training]
     validation = [(case.id, *read_case(case, label_values, config.dim)) for case in dataset.validation]
+    config = _with_slice_axes(config, dataset, [image for image, _ in training] + [image for _, image, _ in validation])
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cpu":
@@ -187,12 +210,13 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
     normalisation = fit_normalisation(
         dataset.modality, [(sitk.GetArrayViewFromImage(image), classes) for image, classes in training]
     )
-    cases = [LoadedCase(image, classes, normalisation) for image, classes in training]
+    cases = [LoadedCase(image, classes, normalisation, config.dim) for image, classes in training]
     fixed = (config.fixed_spacing,) * config.dim if config.fixed_spacing else None
     sampler = PatchSampler(cases, SamplingConfig(
         (config.patch,) * config.dim, config.spacing_min, config.spacing_max, fixed, augment=config.augment,
+        slice_axes=config.slice_axes,
     ))
-    unet_config = UNetConfig(config.dim, 1, len(label_values), tuple(config.features))
+    unet_config = config.unet_config(len(label_values))
     hyper_config = HyperConfig(config.hidden, 3, config.rank, config.spacing_min, config.spacing_max)
     network = build_network(config.method, unet_config, hyper_config).to(device)
     model = SegmentationModel(
@@ -237,7 +261,7 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
         bar.set_postfix(loss=f"{np.mean(history[-20:]):.3f}")
         if rank == 0 and (step % config.checkpoint_every == 0 or step == config.iterations):
             if validation:
-                dice = validation_dice(model, validation, device)
+                dice = validation_dice(model, validation, device, config.slice_axes)
                 validation_history.append({"step": step, "dice": dice})
                 if not quiet:
                     for line in _dice_lines(dice):
@@ -250,6 +274,8 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
             "device": device.type, "seconds": round(time.perf_counter() - start, 1),
             "final_loss": float(np.mean(history[-50:])), "config": _json_config(config), **config.notes,
         }
+        if config.slice_axes:
+            model.training["slice_axes"] = list(config.slice_axes)
         if validation_history:
             model.training["validation_dice"] = validation_history[-1]["dice"]
             model.training["validation_history"] = validation_history
@@ -263,13 +289,16 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
 
 def validation_dice(
     model: SegmentationModel, cases: list[tuple[str, sitk.Image, np.ndarray]], device: torch.device,
+    slice_axes: tuple[int, ...] = (),
 ) -> dict[str, dict[str, float]]:
-    """Mean Dice per class over the validation cases, segmented as ``hyperspace segment`` would.
+    """Mean Dice per class over the validation cases (LPS axes), segmented as ``hyperspace segment`` would.
 
     HyperSpace and AS models are scored at each case's native spacing and at the coarse end of the trained
-    range, an FS model at its fixed spacing. Returns ``{spacing: {class name: Dice}}``.
+    range, an FS model at its fixed spacing. A 2D model segments a volume slice by slice across each of
+    ``slice_axes`` in turn, one score per axis; the mean is over cases and axes. Returns ``{spacing: {class: Dice}}``.
     """
-    segmenter = Segmenter(model, device=str(device))
+    whole = Segmenter(model, device=str(device))
+    by_axis = [Segmenter(model, device=str(device), slices=Slices(axis)) for axis in slice_axes]
     if model.method == "fs":
         requests = {f"{model.fixed_spacing[0]:g} mm (fixed)": SpacingRequest("model")}
     else:
@@ -283,12 +312,13 @@ def validation_dice(
         for name, request in requests.items():
             per_class: dict[str, list[float]] = {model.labels[v]: [] for v in values[1:]}
             for _, image, classes in cases:
-                spacing = segmenter.choose_spacing(image, request).spacing
-                predicted = sitk.GetArrayFromImage(segmenter.segment(image, spacing, Reporter(3, quiet=True)))
                 spacing_zyx = tuple(reversed(image.GetSpacing()))
-                for index, value in enumerate(values[1:], start=1):
-                    comparison = Comparison(classes == index, predicted == value, spacing_zyx)
-                    per_class[model.labels[value]].append(compute(METRICS["dice"], comparison))
+                for segmenter in by_axis if image.GetDimension() > model.dim else [whole]:
+                    spacing = segmenter.choose_spacing(image, request).spacing
+                    predicted = sitk.GetArrayFromImage(segmenter.segment(image, spacing, Reporter(3, quiet=True)))
+                    for index, value in enumerate(values[1:], start=1):
+                        comparison = Comparison(classes == index, predicted == value, spacing_zyx)
+                        per_class[model.labels[value]].append(compute(METRICS["dice"], comparison))
             scores[name] = {label: round(float(np.mean(dice)), 4) for label, dice in per_class.items()}
     model.network.train(network_mode)
     return scores
@@ -300,10 +330,29 @@ def _dice_lines(dice: dict[str, dict[str, float]]) -> list[str]:
             for spacing, per_class in dice.items()]
 
 
+def _with_slice_axes(config: TrainConfig, dataset: Dataset, images: list[sitk.Image]) -> TrainConfig:
+    """``config`` with the axes a 2D model takes the slices of volumes across: ``--slice-axes``, else the dataset's
+    ``slice_axes``, else all three; none for a 3D model. Giving them for a dataset of 2D images is an error."""
+    if config.dim != 2:
+        return config
+    axes = config.slice_axes or dataset.slice_axes
+    if any(image.GetDimension() == 3 for image in images):
+        return replace(config, slice_axes=axes or tuple(SLICE_AXES))
+    if config.slice_axes:
+        raise UserError(f"--slice-axes {' '.join(map(str, config.slice_axes))}: the dataset's images are 2D, and slice "
+                        "axes are for 3D volumes: leave --slice-axes out")
+    if dataset.slice_axes:
+        raise UserError(f"dataset file {config.dataset}: 'slice_axes' is given, but its images are 2D and slice axes "
+                        "are for 3D volumes: remove 'slice_axes'")
+    return config
+
+
 def _describe(config: TrainConfig) -> str:
     spacing = (f"fixed spacing {config.fixed_spacing:g} mm" if config.fixed_spacing
                else f"spacing {config.spacing_min:g}-{config.spacing_max:g} mm")
-    return (f"method {config.method}, {config.dim}D, {spacing}, patch {config.patch}, batch {config.batch_size}, "
+    network = f"{config.dim}D" + (f" with IFE {config.ife}" if config.ife != "none" else "")
+    slices = f", slices across axes {' '.join(map(str, config.slice_axes))}" if config.slice_axes else ""
+    return (f"method {config.method}, {network}{slices}, {spacing}, patch {config.patch}, batch {config.batch_size}, "
             f"learning rate {config.learning_rate:g}, features {' '.join(map(str, config.features))}, "
             f"seed {config.seed}, iterations {config.iterations}")
 
