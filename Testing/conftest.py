@@ -142,3 +142,17 @@ def read_only_folder(tmp_path):
         subprocess.run(["chattr", "-i", str(folder)], check=True)
     else:
         folder.chmod(0o755)
+
+
+def assert_train_refused(capsys, argv, *words, run: Path | None = None) -> None:
+    """``hyperspace train ARGV`` exits 2 with one error line holding every one of ``words`` (and no model in ``run``)."""
+    from HyperSpaceSegmentationLib.cli import main
+
+    capsys.readouterr()
+    code = main(["train", *map(str, argv)])
+    error = capsys.readouterr().err.strip()
+    assert code == 2, error
+    assert error.startswith("hyperspace: error: ") and "\n" not in error and "Traceback" not in error, error
+    for word in words:
+        assert word in error, (word, error)
+    assert run is None or not (run / "model.pt").exists()

@@ -15,6 +15,7 @@ from HyperSpaceSegmentationLib.training import sampling
 from HyperSpaceSegmentationLib.training.sampling import IGNORE, LoadedCase, PatchSampler, SamplingConfig, volume_slice
 from HyperSpaceSegmentationLib.training.trainer import validation_dice
 
+from conftest import assert_train_refused as assert_refused
 from conftest import asymmetric_phantom, oracle_model, phantom
 
 FAST = ["--iterations", "2", "--patch", "16", "--batch-size", "2", "--features", "4", "8", "8", "16", "--rank", "2",
@@ -35,16 +36,6 @@ def write_dataset(folder, images=None, **entries):
             "validation": cases[:1], **entries}
     (folder / "dataset.json").write_text(json.dumps(spec))
     return folder / "dataset.json"
-
-
-def assert_refused(capsys, argv, *words):
-    capsys.readouterr()
-    code = main(["train", *map(str, argv)])
-    error = capsys.readouterr().err.strip()
-    assert code == 2, error
-    assert error.startswith("hyperspace: error: ") and "\n" not in error and "Traceback" not in error, error
-    for word in words:
-        assert word in error, (word, error)
 
 
 def test_slice_sampler_draws_2d_patches_at_in_plane_spacings_from_the_range():

@@ -11,7 +11,7 @@ from HyperSpaceSegmentationLib.cli import main
 from HyperSpaceSegmentationLib.io.model_file import load_model
 from HyperSpaceSegmentationLib.training import TrainConfig, train
 
-from conftest import phantom
+from conftest import assert_train_refused, phantom
 
 FAST = ["--iterations", "2", "--patch", "16", "--batch-size", "1", "--features", "4", "8", "8", "16", "--rank", "2",
         "--device", "cpu", "--quiet"]
@@ -38,14 +38,7 @@ def with_array(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
 
 
 def assert_refused(capsys, tmp_path, argv, *words):
-    capsys.readouterr()
-    code = main(["train", *map(str, argv)])
-    error = capsys.readouterr().err.strip()
-    assert code == 2, error
-    assert error.startswith("hyperspace: error: ") and "\n" not in error and "Traceback" not in error, error
-    for word in words:
-        assert word in error, (word, error)
-    assert not (tmp_path / "run" / "model.pt").exists()
+    assert_train_refused(capsys, argv, *words, run=tmp_path / "run")
 
 
 def _labels():

@@ -179,11 +179,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score and install the model an earlier run (or benchmarks/ife_ablation.py) trained in --work")
     parser.add_argument("--install", action="store_true", help="copy the model and its card into the package data")
     args = parser.parse_args()
     command = "python scripts/train_default_model_2d.py " + " ".join(sys.argv[1:])
     dataset = prepare(args.work)
-    model, _ = train_model(args.work, dataset, args.ife, args.iterations, args.seed, args.device)
+    model = args.work / f"run-{args.ife}" / "model.pt"
+    if not (args.reuse and model.is_file()):
+        model, _ = train_model(args.work, dataset, args.ife, args.iterations, args.seed, args.device)
     rows = score(model, args.work)
     text = card(rows, command, model, args.ife, load_model(model).training)
     (args.work / "model-card.md").write_text(text)
