@@ -258,3 +258,11 @@ def test_dicom_series_folder_is_segmented_on_its_grid(tmp_path, capsys, tiny_mod
     result = sitk.ReadImage(str(output))
     assert result.GetSize() == (32, 28, 12)
     assert np.allclose(result.GetSpacing(), (0.8, 0.8, 2.0)) and np.allclose(result.GetOrigin(), (10.0, -20.0, 5.0))
+
+
+def test_abbreviated_options_are_refused(tmp_path, capsys):
+    """``--mode`` is an option of its own: no prefix of an option is read as the option (``--mod`` as ``--model``)."""
+    with pytest.raises(SystemExit) as exit:
+        main(["segment", str(tmp_path / "in.nrrd"), "-o", str(tmp_path / "out.nrrd"), "--spac", "3"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit.value.code == 2 and "unrecognized arguments: --spac 3" in error, error

@@ -25,7 +25,11 @@ SAMPLE_SCAN = RESOURCES / "samples" / "MNI152-T1-1.5mm.nrrd"
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors end, like every other error, in one ``hyperspace: error:`` line that says what to do."""
+    """Usage errors end, like every other error, in one ``hyperspace: error:`` line that says what to do; options
+    are taken only as spelled out (an abbreviation such as ``--mode`` must never be read as ``--model``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
