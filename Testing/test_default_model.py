@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL
+from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, DEFAULT_MODEL_2D, main
 from HyperSpaceSegmentationLib.geometry import voxels_at
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
 from HyperSpaceSegmentationLib.io.model_file import load_model
@@ -71,3 +71,24 @@ def test_tissue_maps_at_native_coarse_and_auto_spacings(t1_and_tissue, segmenter
     assert results["native"][1] > results["auto"][1] > results["explicit"][1]  # finer is more accurate ...
     # ... and coarser is cheaper: 3 mm works on an eighth of the voxels of 1.5 mm, auto within its budget
     assert voxels["explicit"] * 7.5 < voxels["native"] and voxels["auto"] <= 600_000 < voxels["native"]
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL_2D.exists(), reason="needs the embedded 2D model")
+def test_embedded_2d_model_finds_white_matter_on_held_out_slices(t1_and_tissue, tmp_path, capsys):
+    """The held-out band (axial slices 100-125): one axial slice as an 8-bit PNG with no option at all, and the
+    band's rows of every coronal slice, segmented slice by slice at 2 mm."""
+    t1, tissue = t1_and_tissue
+    white = tissue == 3
+    axial = sitk.GetArrayFromImage(t1)[112].astype(np.float64)
+    picture = sitk.GetImageFromArray(np.round(255 * axial / axial.max()).astype(np.uint8))
+    sitk.WriteImage(picture, str(tmp_path / "slice.png"))
+    assert main(["segment", str(tmp_path / "slice.png"), "-o", str(tmp_path / "mask.png"), "--quiet"]) == 0
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.png")))
+    assert mask.shape == axial.shape and set(np.unique(mask)) <= {0, 1}
+    assert dice(mask == 1, white[112]) > 0.85
+    sitk.WriteImage(t1, str(tmp_path / "t1.nrrd"))
+    assert main(["segment", str(tmp_path / "t1.nrrd"), "-o", str(tmp_path / "wm.nrrd"), "--mode", "2d",
+                 "--axis", "1", "--spacing", "2", "--quiet"]) == 0, capsys.readouterr().err
+    result = sitk.ReadImage(str(tmp_path / "wm.nrrd"))
+    assert result.GetSize() == t1.GetSize() and result.GetOrigin() == t1.GetOrigin()
+    assert dice(sitk.GetArrayFromImage(result)[100:126] == 1, white[100:126]) > 0.85

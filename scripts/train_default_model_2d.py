@@ -41,7 +41,7 @@ from HyperSpaceSegmentationLib.training import TrainConfig, train  # noqa: E402
 LABELS = {"0": "background", "1": "white matter"}
 COLORS = {"1": [0.95, 0.92, 0.8]}
 SPACING_RANGE = (0.6, 3.0)
-EVAL_SPACINGS = (0.7, 1.0, 1.5, 2.0, 3.0)
+EVAL_SPACINGS = (1.0, 1.5, 2.0, 3.0)
 ORIENTATIONS = {0: "sagittal", 1: "coronal", 2: "axial"}  # LPS axis across which the slices are taken
 SCORES = ("dice", "haus95", "conformity", "fbeta", "mae", "avg_surf", "rel_vol_diff")
 FEATURES = (8, 16, 32, 64)
