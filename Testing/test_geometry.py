@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from HyperSpaceSegmentationLib.geometry import same_grid, working_grid
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
-from HyperSpaceSegmentationLib.inference.segmenter import probabilities_to_labels
+from HyperSpaceSegmentationLib.inference.segmenter import labels_from_probabilities, on_input_grid
 from HyperSpaceSegmentationLib.progress import Reporter
 
 from conftest import OBLIQUE, asymmetric_phantom, oracle_model, phantom, tiny_model
@@ -55,7 +55,7 @@ def test_labels_survive_working_spacing_and_back(grid):
         for v in range(3)
     ])
     assert one_hot.shape[1:] == coarse.shape
-    back = probabilities_to_labels(one_hot, [0, 1, 2], working, labels)
+    back = labels_from_probabilities(on_input_grid(one_hot, working, labels), [0, 1, 2], labels)
     assert same_grid(back, labels, tolerance=0)
     original, restored = sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(back)
     for value in (1, 2):

@@ -57,9 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", required=True,
                          help="output label image; the extension picks the format (.seg.nrrd: Slicer segmentation; "
                               ".png, .tif, .bmp: 2D results only)")
-    segment.add_argument("--model", default=None,
+    segment.add_argument("--model", nargs="+", default=None, metavar="MODEL",
                          help=f"model file (default: the embedded {DEFAULT_MODEL.name}; with --mode 2d, "
-                              f"{DEFAULT_MODEL_2D.name})")
+                              f"{DEFAULT_MODEL_2D.name}); several: an ensemble, each model at its own spacing, their "
+                              "probabilities averaged on INPUT's grid (same labels and dimensions)")
     segment.add_argument("--mode", choices=["3d", "2d"], default=None,
                          help="3d: the volume as a whole (3D model); 2d: slice by slice (2D model); default: 2d for a "
                               "2D image or a single-slice volume (unless --model is a 3D model), else 3d")
@@ -85,11 +86,30 @@ def _parser() -> argparse.ArgumentParser:
                          help="budget for --spacing auto: most seconds of prediction, measured on this device")
     segment.add_argument("--allow-extrapolation", action="store_true",
                          help="use a spacing outside the model's trained range instead of clamping it")
+    segment.add_argument("--remove-smaller-than", nargs="+", type=float, action="append", metavar=("MM3", "LABEL"),
+                         help="postprocess: remove objects (connected components) smaller than MM3 mm^3 of the "
+                              "classes LABEL (default: every class); may be given again with another size")
+    segment.add_argument("--largest-component", nargs="*", type=int, metavar="LABEL",
+                         help="postprocess: keep only the largest object of the classes LABEL (default: every class)")
+    segment.add_argument("--fill-holes", nargs="*", type=int, metavar="LABEL",
+                         help="postprocess: fill enclosed holes of the classes LABEL (default: every class); applied "
+                              "after --remove-smaller-than, then --largest-component")
     segment.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     segment.add_argument("--patch", type=int, default=None,
                          help="sliding-window size in voxels (default 128 in 3D, 512 in 2D)")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace OUTPUT if it exists (without it, an OUTPUT written meanwhile by another run is kept)")
+    segment.add_argument("--probabilities", default=None, metavar="FILE",
+                         help="also write the class probabilities on INPUT's grid: a vector image (.nrrd, .nii.gz, "
+                              ".nii, .mha), one uint8 component per class (probability * 255), classes in the order "
+                              "of their sorted label values; the labels are their argmax")
+    segment.add_argument("--uncertainty", default=None, metavar="FILE",
+                         help="also write the normalised entropy of the class probabilities on INPUT's grid, -sum p "
+                              "log p / log(classes), from 0 (certain) to 1, as float32 (.nrrd, .nii.gz, .nii, .mha)")
+    segment.add_argument("--tta", nargs="*", type=int, default=None, metavar="AXIS",
+                         help="test-time augmentation: average the probabilities over every combination of flips of "
+                              "these axes (0 L-R, 1 P-A, 2 S-I; --mode 2d: the slice plane's two, 0 and 1, in L, P, S "
+                              "order); no AXIS: all axes (8 predictions in 3D, 4 in 2D). Put it after INPUT")
     segment.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     segment.add_argument("--quiet", action="store_true", help="no progress output")
     segment.add_argument("--progress-lines", action="store_true",
@@ -205,13 +225,14 @@ def _mode_and_model(args: argparse.Namespace, size: Sequence[int]):
     model of the mode. A ``UserError`` for a model that does not fit the mode or the image, or for slices chosen
     in 3d mode."""
     planar = len(size) == 2 or 1 in size
-    model = _load(args.model) if args.model else None
+    path = args.model[0] if args.model else None  # an ensemble's first model (see _ensemble_member for the others)
+    model = _load(path) if path else None
     mode = args.mode or ("2d" if planar and (model is None or model.dim == 2) else "3d")
     if mode == "3d" and (args.axis is not None or args.slice is not None):
         raise UserError("--axis and --slice choose the slices of --mode 2d (slice by slice, with a 2D model): "
                         "add --mode 2d")
     model = model or _load(None, DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL)
-    name = args.model or (DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL).name
+    name = path or (DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL).name
     if mode == "2d" and model.dim == 3:
         raise UserError(f"--mode 2d segments slice by slice with a 2D model, but {name} is a 3D model: pass a 2D model "
                         "with --model, or drop --mode 2d")
@@ -221,32 +242,59 @@ def _mode_and_model(args: argparse.Namespace, size: Sequence[int]):
         raise UserError(f"{args.input} is a 3D image of {' x '.join(map(str, size))} voxels and {name} is a 2D model: "
                         "pass --mode 2d (slice by slice; --axis, --slice choose the slices) or use a 3D model")
     if mode == "3d" and len(size) == 2:
-        drop = "--model" if args.model else "--mode 3d"
+        drop = "--model" if path else "--mode 3d"
         raise UserError(f"{args.input} is a 2D image, which a 3D model cannot segment: use a 2D model (the default "
                         f"for 2D images: drop {drop})")
     return mode, model
 
 
+def _ensemble_member(path: str, first, first_path: str):
+    """Model ``path`` of an ensemble whose first model is ``first``, read from ``first_path``; a ``UserError``
+    unless both have the same dimensions and labels (values and names)."""
+    model = _load(path)
+    if model.dim != first.dim:
+        raise UserError(f"--model {first_path} is a {first.dim}D model but {path} is a {model.dim}D one: an ensemble's "
+                        "models must have the same dimensions and labels")
+    if model.labels != first.labels:
+        shown = [", ".join(f"{v} {n}" for v, n in sorted(m.labels.items())) for m in (first, model)]
+        raise UserError(f"--model {first_path} and {path} have different labels ({shown[0]}; {shown[1]}): an "
+                        "ensemble's models must segment the same classes")
+    return model
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from .geometry import with_spacing
-    from .inference import Segmenter, Slices, SpacingRequest, parse_spacing
-    from .io.images import (
-        check_image, check_not_an_input, check_output_path, check_picture_output, nonfinite_note, picture_as_grey,
-        picture_spacing_note, read_image, write_labels,
+    from .inference import (
+        Segmenter, Slices, SpacingRequest, labels_from_probabilities, normalised_entropy, parse_spacing,
     )
+    from .io.images import (
+        check_image, check_map_output, check_not_an_input, check_output_path, check_picture_output, nonfinite_note,
+        picture_as_grey, picture_spacing_note, read_image, write_labels, write_probabilities, write_uncertainty,
+    )
+    from .postprocessing import postprocess, resolve_steps, steps_from_options
     from .progress import Reporter
 
     if not args.output.strip():
         raise UserError("the output name is empty: give a file name such as labels.seg.nrrd with -o")
     check_not_an_input(args.output, {"input image": args.input})
     check_output_path(args.output, args.overwrite)
-    reporter = Reporter(stages=5, quiet=args.quiet, progress_lines=args.progress_lines)
+    maps = {"--probabilities": args.probabilities, "--uncertainty": args.uncertainty}
+    for option, path in maps.items():
+        if path is not None:
+            others = {f"{other} output": p for other, p in maps.items() if other != option}
+            check_not_an_input(path, {"input image": args.input, "label output (-o)": args.output, **others})
+            check_map_output(path, args.overwrite, option)
+    steps = steps_from_options(args.remove_smaller_than, args.largest_component, args.fill_holes)
+    paths = args.model or [None]  # several: an ensemble
+    reporter = Reporter(stages=2 + 3 * len(paths) + bool(steps), quiet=args.quiet, progress_lines=args.progress_lines)
     with reporter.stage("load model and image"):
         image, colour_note = picture_as_grey(read_image(args.input), args.input)
         scan = with_spacing(image, args.input_spacing, "--input-spacing") if args.input_spacing else image
         check_image(scan, str(args.input))
         check_picture_output(args.output, image, str(args.input))
         mode, model = _mode_and_model(args, scan.GetSize())
+        models = [model] + [_ensemble_member(path, model, paths[0]) for path in paths[1:]]
+        steps = resolve_steps(steps, model.labels)
         notes = [colour_note, None if args.input_spacing else picture_spacing_note(image, args.input),
                  nonfinite_note(image)]
         for note in filter(None, notes):
@@ -258,26 +306,43 @@ def run_segment(args: argparse.Namespace) -> int:
         request = SpacingRequest(request.mode, request.values, args.max_voxels, args.max_seconds,
                                  args.allow_extrapolation)
         slices = Slices(args.axis, args.slice).resolved(scan) if mode == "2d" else Slices()
-        segmenter = Segmenter(model, device=args.device, patch=args.patch, slices=slices)
-        view = segmenter.view(scan)
-        choice = segmenter.choose_spacing(scan, request)
-        memory = segmenter.check_memory(scan, choice.spacing)
-    for note in choice.notes:
+        segmenters = [Segmenter(m, device=args.device, patch=args.patch, slices=slices, tta=args.tta) for m in models]
+        segmenter, view = segmenters[0], segmenters[0].view(scan)
+        choices = [s.choose_spacing(scan, request) for s in segmenters]  # each model at its own spacing
+        memory = max(s.check_memory(scan, choice.spacing) for s, choice in zip(segmenters, choices))
+    spacing_notes = [note for choice in choices for note in choice.notes]
+    for note in spacing_notes:
         reporter.log(f"note: {note}")
     where = ""
     if mode == "2d":
         count = f"{view.slices} slice" + ("s" if view.slices > 1 else "")
         where = f" in the slice plane ({' x '.join(view.axes)}), {count} along file axis {slices.axis}"
-    reporter.log(f"working spacing: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm{where} "
-                 f"(estimated memory need {memory:,.0f} MB)")
-    labels = segmenter.segment(scan, choice.spacing, reporter)
-    labels.CopyInformation(image)  # the input's own header, whatever spacing was used for the work
+    for path, choice in zip(paths, choices):
+        of = f" of {path}" if len(paths) > 1 else ""
+        reporter.log(f"working spacing{of}: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm{where} "
+                     f"(estimated memory need {memory:,.0f} MB)")
+    probabilities = segmenter.probabilities(scan, choices[0].spacing, reporter)
+    for other, choice in zip(segmenters[1:], choices[1:]):  # an ensemble's mean, on the input grid
+        probabilities += other.probabilities(scan, choice.spacing, reporter)
+    probabilities /= len(segmenters)
+    # on the input's own header, whatever spacing was used for the work
+    labels = labels_from_probabilities(probabilities, sorted(model.labels), image)
+    applied = []
+    if steps:
+        with reporter.stage("postprocess"):
+            labels, applied = postprocess(labels, steps)
     with reporter.stage("write"):
         write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)
+        if args.probabilities is not None:
+            write_probabilities(probabilities, image, args.probabilities, overwrite=args.overwrite)
+        if args.uncertainty is not None:
+            write_uncertainty(normalised_entropy(probabilities), image, args.uncertainty, overwrite=args.overwrite)
     summary = {
-        "input": str(args.input), "output": str(args.output), "mode": mode, "spacing_mm": list(choice.spacing),
+        "input": str(args.input), "output": str(args.output), "mode": mode, "spacing_mm": list(choices[0].spacing),
         "native_spacing_mm": list(view.spacing), "spacing_axes": view.axes, "method": model.method,
-        "device": segmenter.device.type, "notes": choice.notes,
+        "device": segmenter.device.type, "notes": spacing_notes, "postprocessing": applied,
+        "models": [{"model": path, "spacing_mm": list(choice.spacing)} for path, choice in zip(paths, choices)],
+        "probabilities": args.probabilities, "uncertainty": args.uncertainty, "tta_predictions": len(segmenter.flips),
         "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
                     "peak_gpu_memory_mb": r.peak_gpu_memory_mb} for r in reporter.records],
     }

@@ -1,5 +1,8 @@
 """Inference: spacing policies, sliding-window prediction and results on the input's own grid."""
 
-from .segmenter import NetworkView, Segmenter, Slices, SpacingRequest, parse_spacing
+from .segmenter import (
+    NetworkView, Segmenter, Slices, SpacingRequest, labels_from_probabilities, normalised_entropy, parse_spacing,
+)
 
-__all__ = ["NetworkView", "Segmenter", "Slices", "SpacingRequest", "parse_spacing"]
+__all__ = ["NetworkView", "Segmenter", "Slices", "SpacingRequest", "labels_from_probabilities", "normalised_entropy",
+           "parse_spacing"]

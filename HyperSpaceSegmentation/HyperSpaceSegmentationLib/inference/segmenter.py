@@ -2,8 +2,9 @@
 
 Pipeline: the image is reoriented to the nearest LPS axes (a lossless permutation), normalised, resampled
 in physical space to the working spacing (Gaussian anti-aliasing when down-sampling), predicted with a
-sliding window, and the class probabilities are resampled linearly onto the input grid, where the argmax
-gives the labels. Spacings handed to networks are in array-axis order (k, j, i), as the arrays are.
+sliding window (optionally averaged over flipped copies: test-time augmentation), and the class probabilities
+are resampled linearly onto the input grid, where the argmax gives the labels. Spacings handed to networks are
+in array-axis order (k, j, i), as the arrays are.
 
 A 2D model segments slice by slice (``Slices``): the planes of constant index along one of the file's index
 axes, all of them or one. Each slice is normalised as a 2D image (as 2D models are trained), the stack is
@@ -13,6 +14,7 @@ through one network, generated for the in-plane working spacing. A 2D image is a
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import scipy.special
 import SimpleITK as sitk
 import torch
 from torch import nn
@@ -119,17 +122,20 @@ class Segmenter:
     """Runs one model on images; networks generated for a spacing are cached (spacing rounded to 0.01 mm).
 
     A 2D model segments the ``slices`` of each image (by default every slice along k, or a single-slice volume's
-    one slice); a 3D model takes each image as a whole.
+    one slice); a 3D model takes each image as a whole. ``tta``: test-time augmentation, the probabilities averaged
+    over every combination of flips of these axes of the network's view (0, 1, 2: L-R, P-A, S-I; a 2D model's
+    slice plane's two, in that order: 0, 1); ``()`` all of them; ``None`` none.
     """
 
     def __init__(
         self, model: SegmentationModel, device: str = "auto", patch: int | None = None,
-        overlap: float = 0.5, cache_size: int = 8, slices: Slices = Slices(),
+        overlap: float = 0.5, cache_size: int = 8, slices: Slices = Slices(), tta: Sequence[int] | None = None,
     ) -> None:
         if model.dim == 3 and slices != Slices():
             raise UserError("a 3D model segments whole volumes: drop --axis and --slice, or use a 2D model")
         self.model = model
         self.slices = slices
+        self.flips = _flips(tta, model.dim)
         self.device = resolve_device(device)
         self.model.network.to(self.device)
         if patch is not None and (problem := model.unet_config.patch_problem(patch)):
@@ -280,17 +286,17 @@ class Segmenter:
 
         Per item (the volume, or each slice) at working spacing: its class probabilities and intensities; per item
         of a batch (the volume, or the slices that go through the network together): its padded input and window
-        weights, and the activations of one window; and three copies of the input voxels segmented. The
-        activation term (8 feature maps' worth per level, convolution workspace included) was fitted on the
-        MNI152 template at 1-3.5 mm (see docs/BENCHMARKS.md): within 10% at 1-2 mm, up to 30% low at coarser
-        spacings, where fixed costs dominate and the need is small anyway.
+        weights, and the activations of one window; and three copies of the input voxels segmented, plus their
+        class probabilities. The activation term (8 feature maps' worth per level, convolution workspace included)
+        was fitted on the MNI152 template at 1-3.5 mm (see docs/BENCHMARKS.md): within 10% at 1-2 mm, up to 30% low
+        at coarser spacings, where fixed costs dominate and the need is small anyway.
         """
         shape, patch = self._network_shape(image, spacing)
         view = self.view(image)
         batch = self._batch_size(patch, view.slices)
         item = math.prod(max(s, p) for s, p in zip(shape, patch))
         working = item * (view.slices * (len(self.model.labels) + 1) + 2 * batch)
-        total = 4 * (working + view.voxels * 3 + batch * self._activation_floats(patch))
+        total = 4 * (working + view.voxels * (3 + len(self.model.labels)) + batch * self._activation_floats(patch))
         return total / 2**20
 
     def _activation_floats(self, patch: Sequence[int]) -> float:
@@ -305,11 +311,11 @@ class Segmenter:
         return max(1, min(items, _MAX_BATCH, fit))
 
     def estimate_seconds(self, image: sitk.Image, spacing: Sequence[float]) -> float:
-        """Prediction time (s): the voxels the windows process (over every slice segmented) times the measured time
-        per voxel on this device."""
+        """Prediction time (s): the voxels the windows process (over every slice segmented and every flip of
+        test-time augmentation) times the measured time per voxel on this device."""
         shape, patch = self._network_shape(image, spacing)
         windows = count_windows(shape, patch, self.overlap) * self.view(image).slices
-        return windows * math.prod(patch) * self._seconds_per_voxel()
+        return windows * len(self.flips) * math.prod(patch) * self._seconds_per_voxel()
 
     def _seconds_per_voxel(self) -> float:
         """Measured once per segmenter: one reference window (after a warm-up pass) of the model's network."""
@@ -343,8 +349,14 @@ class Segmenter:
 
     # segmentation ---------------------------------------------------------------------------------
     def segment(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter) -> sitk.Image:
-        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (mm, along the network view's
-        LPS axes: x, y, z, or a 2D model's slice plane's two)."""
+        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (see ``probabilities``)."""
+        return labels_from_probabilities(self.probabilities(image, spacing, reporter), sorted(self.model.labels), image)
+
+    def probabilities(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter) -> np.ndarray:
+        """Class probabilities ``(classes, *array shape of image)`` (float32, classes in the order of their sorted
+        label values) on exactly the grid of ``image``, predicted at ``spacing`` (mm, along the network view's LPS
+        axes: x, y, z, or a 2D model's slice plane's two). Voxels not segmented (other slices than ``--slice``)
+        are background with certainty."""
         source, oriented, slice_axis = self._network_input(image)
         item_axis = None if slice_axis is None else 2 - slice_axis  # the slices' array axis (k, j, i order)
         plane = [a for a in range(3) if a != slice_axis]
@@ -363,23 +375,25 @@ class Segmenter:
         batch = self._batch_size(patch, count)
         windows = count_windows(shape, patch, self.overlap)
         windows_text = f"{windows} windows of {'x'.join(map(str, patch))}"
+        if len(self.flips) > 1:
+            windows_text += f", {len(self.flips)} flips"
         name = f"predict {windows_text}"
         if slice_axis is not None:
             name = f"predict {count} slices, up to {batch} at a time, {windows_text} each"
-        with reporter.stage(name, total=math.ceil(count / batch) * windows) as update:
+        with reporter.stage(name, total=math.ceil(count / batch) * windows * len(self.flips)) as update:
             network = self.network_for(spacing_zyx)
             batched = np.empty((count, classes, *shape), np.float32) if count > batch else None
             for start in range(0, count, batch):
                 images = torch.tensor(items[start:start + batch], device=self.device)[:, None]
-                result = predict_probabilities(images, network, classes, patch, self.overlap, update, outside)
+                result = sum(predict_probabilities(images.flip(dims), network, classes, patch, self.overlap, update,
+                                                   outside).flip(dims) for dims in self.flips) / len(self.flips)
                 if batched is None:  # one batch holds every item: its result is the whole
                     batched = result.cpu().numpy()
                 else:
                     batched[start:start + batch] = result.cpu().numpy()
         probabilities = batched[0] if item_axis is None else np.moveaxis(batched, 0, item_axis + 1)
         with reporter.stage("restore input grid"):
-            labels = probabilities_to_labels(probabilities, sorted(self.model.labels), working, source)
-            return self._on_input_grid(labels, image)
+            return self._on_input_grid(on_input_grid(probabilities, working, source), image)
 
     def _network_input(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image, int | None]:
         """``(source, oriented, slice axis)``: the part of ``image`` segmented, as a volume (a 2D image is a volume
@@ -407,41 +421,61 @@ class Segmenter:
             target[...] = apply(source)
         return normalised
 
-    def _on_input_grid(self, labels: sitk.Image, image: sitk.Image) -> sitk.Image:
-        """``labels`` of the part segmented (see ``_network_input``) on the grid of ``image``: a 2D image's one
-        plane; with a slice index, a volume whose every other slice is 0."""
+    def _on_input_grid(self, probabilities: np.ndarray, image: sitk.Image) -> np.ndarray:
+        """``probabilities`` (classes first) of the part segmented (see ``_network_input``) on the grid of ``image``:
+        a 2D image's one plane; with a slice index, a volume whose every other slice is background."""
         if image.GetDimension() == 2:
-            array = sitk.GetArrayViewFromImage(labels)[0]
-        elif self.model.dim == 2 and self.slices.index is not None:
-            slices = self.slices.resolved(image)
-            array = np.zeros(image.GetSize()[::-1], np.uint8)
-            item_axis = 2 - slices.axis
-            _by_item(array, item_axis)[slices.index] = _by_item(sitk.GetArrayViewFromImage(labels), item_axis)[0]
-        else:
-            return labels
-        result = sitk.GetImageFromArray(array)
-        result.CopyInformation(image)
-        return result
+            return probabilities[:, 0]
+        if self.model.dim == 3 or self.slices.index is None:
+            return probabilities
+        slices = self.slices.resolved(image)
+        whole = np.zeros((len(probabilities), *image.GetSize()[::-1]), np.float32)
+        whole[0] = 1.0
+        item_axis = 3 - slices.axis  # classes come first
+        _by_item(whole, item_axis)[slices.index] = _by_item(probabilities, item_axis)[0]
+        return whole
 
 
-def probabilities_to_labels(
-    probabilities: np.ndarray, values: Sequence[int], working: sitk.Image, reference: sitk.Image
-) -> sitk.Image:
-    """Resample each class probability linearly onto ``reference``; the most likely class's label value wins."""
-    best = np.full(sitk.GetArrayViewFromImage(reference).shape, -1.0, dtype=np.float32)
-    labels = np.zeros(best.shape, dtype=np.uint8)
-    for value, channel in zip(values, probabilities):
+def on_input_grid(probabilities: np.ndarray, working: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """Each class probability (``(classes, *working shape)``) resampled linearly onto the grid of ``reference``:
+    ``(classes, *reference shape)``, float32."""
+    resampled = np.empty((len(probabilities), *sitk.GetArrayViewFromImage(reference).shape), np.float32)
+    for channel, target in zip(probabilities, resampled):
         image = sitk.GetImageFromArray(np.ascontiguousarray(channel, dtype=np.float32))
         image.CopyInformation(working)
-        resampled = sitk.GetArrayFromImage(
-            sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        )
-        better = resampled > best
-        best[better] = resampled[better]
-        labels[better] = value
-    result = sitk.GetImageFromArray(labels)
-    result.CopyInformation(reference)
-    return result
+        on_reference = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        target[...] = sitk.GetArrayViewFromImage(on_reference)  # a view: the image must live while it is read
+    return resampled
+
+
+def labels_from_probabilities(probabilities: np.ndarray, values: Sequence[int], reference: sitk.Image) -> sitk.Image:
+    """The label value (``values[c]`` for class ``c``) of the most likely class at each voxel, on ``reference``'s
+    grid (ties: the lowest value)."""
+    labels = sitk.GetImageFromArray(np.asarray(values, np.uint8)[np.argmax(probabilities, axis=0)])
+    labels.CopyInformation(reference)
+    return labels
+
+
+def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """-sum p log p / log(classes) over the classes (the first axis): 0 where one class is certain, 1 where all
+    are equally likely; float32."""
+    entropy = sum(scipy.special.entr(np.clip(channel, 0.0, 1.0)) for channel in probabilities)
+    return np.clip(entropy / math.log(len(probabilities)), 0.0, 1.0).astype(np.float32)
+
+
+def _flips(tta: Sequence[int] | None, dim: int) -> list[tuple[int, ...]]:
+    """The array dimensions (of a ``(batch, channels, *shape)`` tensor) to flip for each prediction that test-time
+    augmentation averages: every combination of the axes ``tta`` of the network's view (``()``: all ``dim``),
+    the unflipped prediction included; ``[()]`` without augmentation."""
+    if tta is None:
+        return [()]
+    axes = sorted(set(tta)) if tta else list(range(dim))
+    if any(a not in range(dim) for a in axes):
+        names = "0 (L-R), 1 (P-A), 2 (S-I)" if dim == 3 else "0, 1 (the slice plane's axes, in L, P, S order)"
+        raise UserError(f"--tta {' '.join(map(str, tta))}: a {dim}D model's axes are {names}; give some of them, or "
+                        "none for all")
+    dims = [2 + dim - 1 - a for a in axes]  # array axes are in reverse (k, j, i) order, after batch and channels
+    return [combination for count in range(len(dims) + 1) for combination in itertools.combinations(dims, count)]
 
 
 def _reoriented_axes(image: sitk.Image) -> tuple[int, ...]:

@@ -26,6 +26,7 @@ IMAGE_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nhdr", ".nii.gz", ".nii", ".mha", ".
 PICTURE_OUTPUTS = (".png", ".tif", ".tiff", ".bmp")
 VOLUME_OUTPUTS = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
 OUTPUT_EXTENSIONS = VOLUME_OUTPUTS + PICTURE_OUTPUTS
+MAP_OUTPUTS = (".nrrd", ".nii.gz", ".nii", ".mha")  # voxel maps for review (probabilities, uncertainty): any voxel type
 LUMINANCE = (0.299, 0.587, 0.114)  # grey value of an R, G, B pixel (ITU-R BT.601, as most image libraries)
 SPACING_LIMITS_MM = (1e-3, 100.0)
 
@@ -370,6 +371,41 @@ def write_labels(
             _write_segmentation(labels, temporary, names, colors or {})
         else:
             sitk.WriteImage(labels, str(temporary), useCompression=True)
+    return Path(path)
+
+
+def check_map_output(path: str | os.PathLike, overwrite: bool, option: str) -> None:
+    """Fail early, before any work, if ``path`` (given with ``option``) cannot be written as a voxel map."""
+    path = Path(path)
+    if extension(path) not in MAP_OUTPUTS and not path.is_dir():
+        raise UserError(f"{option} {path.name}: unsupported format for a voxel map; use {', '.join(MAP_OUTPUTS)}")
+    check_writable(path, overwrite)
+
+
+def write_probabilities(probabilities: np.ndarray, reference: sitk.Image, path: str | os.PathLike,
+                        overwrite: bool = False) -> Path:
+    """Class probabilities ``(classes, *array shape of reference)`` as a vector image on ``reference``'s grid, one
+    uint8 component per class (probability * 255, rounded), in the order of the classes given."""
+    array = np.empty((*probabilities.shape[1:], len(probabilities)), np.uint8)
+    for c, channel in enumerate(probabilities):
+        array[..., c] = np.rint(np.clip(channel, 0.0, 1.0) * 255)
+    image = sitk.GetImageFromArray(array, isVector=True)
+    image.CopyInformation(reference)
+    return _write_map(image, path, overwrite, "--probabilities")
+
+
+def write_uncertainty(uncertainty: np.ndarray, reference: sitk.Image, path: str | os.PathLike,
+                      overwrite: bool = False) -> Path:
+    """A float32 map (the array shape of ``reference``) on ``reference``'s grid."""
+    image = sitk.GetImageFromArray(uncertainty.astype(np.float32, copy=False))
+    image.CopyInformation(reference)
+    return _write_map(image, path, overwrite, "--uncertainty")
+
+
+def _write_map(image: sitk.Image, path: str | os.PathLike, overwrite: bool, option: str) -> Path:
+    check_map_output(path, overwrite, option)
+    with atomic_output(path, overwrite) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
     return Path(path)
 
 
