@@ -34,6 +34,11 @@ VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")  # what 
 SEGMENTATION_SUFFIXES = (".seg.nrrd", *VOLUME_SUFFIXES)  # references: Slicer segmentations or label maps
 MODES = ("3d", "2d")
 IJK = "IJK"
+UNCERTAINTY_REFERENCE_ROLE = "hyperspaceUncertainty"
+"""The node reference role from a segmentation node to the uncertainty volume node of the same run."""
+HEAT_MAP_COLORS = ("Inferno", "PET-Heat", "ColdToHotRainbow")
+"""The colour tables tried, in this order, for an uncertainty volume (Slicer has Inferno; the Qt-free core, PET-Heat)."""
+POSTPROCESSING_KEYS = ("remove_smaller_than", "largest_component", "fill_holes")
 VIEW_ALIGNMENT_TOLERANCE_RAD = 1e-3
 """The largest angle between a slice view's normal and the normal of a volume axis's slices at which the view still
 shows those slices. Header round-off (direction cosines stored to 6 decimals, or in float32) is 1e-6 rad or less, and
@@ -90,20 +95,24 @@ class SegmentationJob:
     """A ``hyperspace segment`` run in a background process; ``poll()`` it from the main thread (e.g. a QTimer).
 
     ``status`` is running, done, failed or cancelled; ``progress`` the finished fraction (0 to 1) from the engine's
-    progress lines; ``log`` the other output lines; ``result`` the segmentation node when done; ``error`` the reason
-    when failed. ``cancel()`` ends the process tree and removes the temporary folder: no node, no file is left.
+    progress lines; ``log`` the other output lines; ``result`` the segmentation node when done; ``uncertainty`` the
+    uncertainty volume node when done and asked for (``segment(..., uncertainty=True)``), else None; ``error`` the
+    reason when failed. ``cancel()`` ends the process tree and removes the temporary folder: no node, no file is left.
     """
 
-    def __init__(self, command: list[str], folder: str, output: str, volumeNode: Any) -> None:
+    def __init__(self, command: list[str], folder: str, output: str, volumeNode: Any,
+                 uncertainty: str | None = None) -> None:
         import slicer.util
 
         self.status = "running"
         self.progress = 0.0
         self.log: list[str] = []
         self.result = None
+        self.uncertainty = None
         self.error: str | None = None
         self.folder = folder
         self._output = output
+        self._uncertainty_file = uncertainty
         self._volumeNode = volumeNode
         self._lines: queue.Queue[str | None] = queue.Queue()
         environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ENGINE_PARENT), os.environ.get("PYTHONPATH")])),
@@ -189,7 +198,15 @@ class SegmentationJob:
                 self.error = errors[-1] if errors else f"segmentation process failed (exit code {code}): {last}"
                 self.status = "failed"
                 return
-            self.result = _load_segmentation(self._output, self._volumeNode)
+            result = _load_segmentation(self._output, self._volumeNode)
+            if self._uncertainty_file is not None:
+                try:
+                    self.uncertainty = _load_uncertainty(self._uncertainty_file, self._volumeNode)
+                except BaseException:
+                    result.GetScene().RemoveNode(result)
+                    raise
+                result.SetNodeReferenceID(UNCERTAINTY_REFERENCE_ROLE, self.uncertainty.GetID())
+            self.result = result
             self.progress = 1.0
             self.status = "done"
         except (RuntimeError, UserError) as error:
@@ -351,7 +368,8 @@ class HyperSpaceMRMLLogic:
                 model: str | os.PathLike | None = None, device: str = "auto", wait: bool = True,
                 max_voxels: float | None = None, max_seconds: float | None = None,
                 input_spacing: Sequence[float] | None = None, mode: str = "3d", axis: int = 2,
-                slice_index: int | None = None) -> Any:
+                slice_index: int | None = None, tta: bool | Sequence[int] | None = None, uncertainty: bool = False,
+                postprocessing: dict | None = None) -> Any:
         """Segment ``volumeNode`` with ``model`` (default: the embedded model of ``mode``) at ``spacing`` ("native",
         "auto", one value in mm, or one per axis as on the command line: x y z, in 2D the slice plane's two) and
         return a new ``vtkMRMLSegmentationNode`` on the volume's grid, next to it in the subject hierarchy; with
@@ -359,18 +377,31 @@ class HyperSpaceMRMLLogic:
         ``spacing="auto"`` (``--max-voxels``, ``--max-seconds``); ``input_spacing`` (mm, per volume axis I, J, K)
         replaces a wrong or missing spacing for the work only. ``mode="2d"`` segments slice by slice across the
         volume's IJK ``axis`` (0, 1, 2), or only the slice ``slice_index`` (0-based along ``axis``; the others stay
-        empty), with a 2D model (``--mode 2d``)."""
+        empty), with a 2D model (``--mode 2d``).
+
+        ``model`` may be a list of model files: an ensemble (``--model A B``). ``tta``: None or False (off), True
+        (flips of every axis) or a sequence of axes (``--tta AXIS ...``: 0 L-R, 1 P-A, 2 S-I; in 2D 0 and 1).
+        ``uncertainty=True`` also loads the normalised entropy (``--uncertainty``, 0 to 1) into a new scalar volume
+        node "<volume> uncertainty" on the volume's grid (heat-map colours, window 0 to 1): ``job.uncertainty``, and
+        the segmentation's node reference ``UNCERTAINTY_REFERENCE_ROLE``. ``postprocessing`` is a dict with any of
+        ``"remove_smaller_than"``: MM3, or (MM3, labels), or a list of such pairs; ``"largest_component"`` and
+        ``"fill_holes"``: True (every class) or a sequence of label values (see ``postprocessing_words``)."""
         import slicer
 
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
             raise UserError("select a scalar volume node with image data to segment")
         words = _spacing_words(spacing, max_voxels, max_seconds)  # the command line's own checks, before any work
         mode_words = _mode_words(mode, axis, slice_index, volumeNode.GetImageData().GetDimensions())
-        if model is not None and not Path(model).is_file():
-            raise UserError(f"model file {model} does not exist: pick an existing model file, or None for the embedded one")
+        models = _model_paths(model)
+        extra = _tta_words(tta, mode)
+        if postprocessing:
+            extra += postprocessing_words(postprocessing, self._model(models[0] if models else None, mode).labels)
+        elif postprocessing is not None and not isinstance(postprocessing, dict):
+            raise UserError(f"postprocessing {postprocessing!r}: give a dict such as {{\"largest_component\": True}}")
         folder = tempfile.mkdtemp(prefix="hyperspace-")
         try:
             source, output = os.path.join(folder, "input.nrrd"), os.path.join(folder, "result.seg.nrrd")
+            uncertainty_file = os.path.join(folder, "uncertainty.nrrd") if uncertainty else None
             storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
             storage.SetFileName(source)
             storage.SetUseCompression(False)
@@ -381,11 +412,13 @@ class HyperSpaceMRMLLogic:
             for option, value in (("--max-voxels", max_voxels), ("--max-seconds", max_seconds)):
                 if value is not None:
                     command += [option, repr(float(value))]
-            if model is not None:
-                command += ["--model", str(Path(model).resolve())]
+            if models:
+                command += ["--model", *(str(path.resolve()) for path in models)]
             if input_spacing is not None:
                 command += ["--input-spacing", *(repr(float(v)) for v in input_spacing)]
-            job = SegmentationJob(command, folder, output, volumeNode)
+            if uncertainty_file is not None:
+                command += ["--uncertainty", uncertainty_file]
+            job = SegmentationJob(command + extra, folder, output, volumeNode, uncertainty_file)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -481,18 +514,32 @@ class HyperSpaceMRMLLogic:
             slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(geometry.GetParentTransformNode(), None, to_world)
         finally:
             slicer.mrmlScene.RemoveNode(geometry)
-        directions = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
-        axis = 2 - int(np.argmax(np.abs(_slice_normal(sliceNode) @ directions)))  # arrays are (k, j, i)
         difference = reference.segments[segmentName] ^ prediction.segments[segmentName]
-        counts = difference.sum(axis=tuple(a for a in range(3) if a != axis))
-        slices = [int(s) for s in np.argsort(-counts, kind="stable") if counts[s] > 0]
-        if rank >= len(slices):
-            raise UserError(f"segment {segmentName!r}: reference and prediction differ on {len(slices)} slices, so "
-                            f"there is no slice of rank {rank}")
-        kji = np.insert(np.argwhere(np.take(difference, slices[rank], axis=axis)).mean(axis=0), axis, slices[rank])
-        ras = to_world.TransformPoint(*(ijk_to_ras @ np.append(kji[::-1], 1.0))[:3])
-        sliceNode.JumpSliceByCentering(*ras)
-        return tuple(float(v) for v in ras)
+        return _jump_to_ranked_slice(difference, ijk_to_ras, to_world, sliceNode, rank, lambda count: (
+            f"segment {segmentName!r}: reference and prediction differ on {count} slices, so there is no slice of "
+            f"rank {rank}"))
+
+    def most_uncertain_slice(self, uncertaintyNode: Any, sliceNode: Any, rank: int = 0) -> tuple[float, float, float]:
+        """Move ``sliceNode`` to the slice (of the uncertainty volume's grid, across the view's normal) with the
+        largest summed uncertainty; ``rank`` 1 is the next, and so on. The view is centred on that slice's uncertain
+        region (its voxels of at least half the slice's largest uncertainty), whose centre (RAS, world) is returned."""
+        if (uncertaintyNode is None or not uncertaintyNode.IsA("vtkMRMLScalarVolumeNode")
+                or uncertaintyNode.GetImageData() is None):
+            raise UserError("select an uncertainty volume node (segment with uncertainty=True)")
+        if sliceNode is None or not sliceNode.IsA("vtkMRMLSliceNode"):
+            raise UserError("select a slice view (Red, Yellow or Green)")
+        if rank < 0:
+            raise UserError(f"rank {rank}: give 0 for the most uncertain slice, 1 for the next, ...")
+        import slicer
+        import slicer.util
+        import vtk
+
+        values = np.asarray(slicer.util.arrayFromVolume(uncertaintyNode), dtype=np.float64)
+        values = np.where(np.isfinite(values) & (values > 0), values, 0.0)
+        to_world = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(uncertaintyNode.GetParentTransformNode(), None, to_world)
+        return _jump_to_ranked_slice(values, _ijk_to_ras(uncertaintyNode), to_world, sliceNode, rank, lambda count: (
+            f"{uncertaintyNode.GetName()} is above 0 on {count} slices, so there is no slice of rank {rank}"))
 
 
 def _load_segmentation(path: str, volumeNode: Any) -> Any:
@@ -520,6 +567,144 @@ def _load_segmentation(path: str, volumeNode: Any) -> Any:
         else:
             hierarchy.CreateItem(parent, node)
     return node
+
+
+def _load_uncertainty(path: str, volumeNode: Any) -> Any:
+    """A new scalar volume node "<volume> uncertainty" from the engine's ``--uncertainty`` file (on the volume's grid),
+    under the volume's parent transform and next to it in the subject hierarchy, shown as a heat map from 0 to 1."""
+    import slicer
+
+    scene = slicer.mrmlScene
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(
+        f"{volumeNode.GetName()} uncertainty"))
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(path)
+    storage.SetSingleFile(True)
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise RuntimeError(f"the uncertainty written by the engine ({path}) could not be read")
+    node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    colors = next((c for c in (_color_node(scene, name) for name in HEAT_MAP_COLORS) if c is not None), None)
+    if colors is not None:
+        display.SetAndObserveColorNodeID(colors.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    volume_item = hierarchy.GetItemByDataNode(volumeNode)
+    if volume_item:
+        parent, item = hierarchy.GetItemParent(volume_item), hierarchy.GetItemByDataNode(node)
+        if item:
+            hierarchy.SetItemParent(item, parent)
+        else:
+            hierarchy.CreateItem(parent, node)
+    return node
+
+
+def _color_node(scene: Any, name: str) -> Any:
+    nodes = scene.GetNodesByClassByName("vtkMRMLColorNode", name)
+    return nodes.GetItemAsObject(0) if nodes.GetNumberOfItems() else None
+
+
+def _jump_to_ranked_slice(weights: np.ndarray, ijk_to_ras: np.ndarray, to_world: Any, sliceNode: Any, rank: int,
+                          too_few: Any) -> tuple[float, float, float]:
+    """Move ``sliceNode`` to the slice of ``weights`` (a (k, j, i) array of 0 or more on the grid of ``ijk_to_ras``,
+    then ``to_world``), across the view's normal, with the ``rank``-th largest sum (0: the largest; slices summing
+    to 0 never count: ``too_few(count)`` is the ``UserError`` message), centred on that slice's voxels of at least
+    half its largest weight; returns that centre (RAS, world)."""
+    directions = ijk_to_ras[:3, :3] / np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    axis = 2 - int(np.argmax(np.abs(_slice_normal(sliceNode) @ directions)))  # arrays are (k, j, i)
+    sums = weights.sum(axis=tuple(a for a in range(3) if a != axis))
+    slices = [int(s) for s in np.argsort(-sums, kind="stable") if sums[s] > 0]
+    if rank >= len(slices):
+        raise UserError(too_few(len(slices)))
+    plane = np.take(weights, slices[rank], axis=axis)
+    kji = np.insert(np.argwhere(plane >= plane.max() / 2).mean(axis=0), axis, slices[rank])
+    ras = to_world.TransformPoint(*(ijk_to_ras @ np.append(kji[::-1], 1.0))[:3])
+    sliceNode.JumpSliceByCentering(*ras)
+    return tuple(float(v) for v in ras)
+
+
+def _model_paths(model: Any) -> list[Path]:
+    """``segment``'s ``model`` (None, one file, or a list of files: an ensemble) as checked paths."""
+    if model is None:
+        return []
+    paths = [Path(m) for m in ([model] if isinstance(model, (str, os.PathLike)) else list(model))]
+    if not paths:
+        raise UserError("model is an empty list: give one or more model files, or None for the embedded one")
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist: pick an existing model file, or None for the embedded one")
+    return paths
+
+
+def _tta_words(tta: Any, mode: str) -> list[str]:
+    """``segment``'s ``tta`` (None or False: off; True: every axis; a sequence of axes) as the command line's words."""
+    if tta is None or tta is False:
+        return []
+    if tta is True:
+        return ["--tta"]
+    axes = range(2 if mode == "2d" else 3)
+    values = list(tta) if isinstance(tta, (list, tuple, range, np.ndarray)) else None
+    if values is None or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) and a in axes
+                                 for a in values):
+        raise UserError(f"tta {tta!r}: give True (every axis), or a list of axes from {', '.join(map(str, axes))}")
+    return ["--tta", *(str(int(a)) for a in values)]
+
+
+def postprocessing_words(postprocessing: dict, model_labels: dict | None = None) -> list[str]:
+    """``segment``'s ``postprocessing`` as the command line's words, checked (one-line ``UserError``s) and, with
+    ``model_labels``, its labels checked against the model's. A dict with any of: ``"remove_smaller_than"``: MM3
+    (every class), ``(MM3, labels)``, or a list of such pairs (``--remove-smaller-than MM3 LABEL ...``, once per
+    pair); ``"largest_component"`` and ``"fill_holes"``: True (every class) or a sequence of label values
+    (``--largest-component LABEL ...``, ``--fill-holes LABEL ...``); None or False leave a step out."""
+    from .postprocessing import resolve_steps, steps_from_options
+
+    if not isinstance(postprocessing, dict):
+        raise UserError(f"postprocessing {postprocessing!r}: give a dict such as {{\"largest_component\": True}}")
+    unknown = [key for key in postprocessing if key not in POSTPROCESSING_KEYS]
+    if unknown:
+        raise UserError(f"postprocessing {unknown[0]!r}: the steps are {', '.join(POSTPROCESSING_KEYS)}")
+
+    def number(value: Any, what: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise UserError(f"postprocessing {what} {value!r}: give a number")
+        return float(value)
+
+    def labels(value: Any, key: str) -> list[float]:
+        if value is True:
+            return []
+        if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+            raise UserError(f"postprocessing {key} {value!r}: give True (every class) or a list of label values")
+        return [number(v, f"{key} label") for v in value]
+
+    removals = []
+    value = postprocessing.get("remove_smaller_than")
+    if value is not None and value is not False:
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            pairs = [(value, True)]
+        elif isinstance(value, (list, tuple)) and len(value) == 2 and not isinstance(value[0], (list, tuple)):
+            pairs = [value]
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(p, (list, tuple)) and len(p) == 2
+                                                                 for p in value):
+            pairs = list(value)
+        else:
+            raise UserError(f"postprocessing remove_smaller_than {value!r}: give MM3, (MM3, labels) or a list of "
+                            "(MM3, labels) pairs")
+        removals = [[number(size, "remove_smaller_than size"), *labels(chosen, "remove_smaller_than")]
+                    for size, chosen in pairs]
+    chosen = {key: labels(postprocessing[key], key) for key in ("largest_component", "fill_holes")
+              if postprocessing.get(key) is not None and postprocessing.get(key) is not False}
+    steps = steps_from_options(removals or None, chosen.get("largest_component"), chosen.get("fill_holes"))
+    if model_labels is not None:
+        pass
+    words = []
+    for step in steps:
+        words += [f"--{step.operation.replace('_', '-')}",
+                  *([repr(float(step.min_volume_mm3))] if step.operation == "remove_smaller_than" else []),
+                  *(str(label) for label in step.labels)]
+    return words
 
 
 def _segment_names(node: Any) -> list[str]:
