@@ -698,7 +698,7 @@ def postprocessing_words(postprocessing: dict, model_labels: dict | None = None)
               if postprocessing.get(key) is not None and postprocessing.get(key) is not False}
     steps = steps_from_options(removals or None, chosen.get("largest_component"), chosen.get("fill_holes"))
     if model_labels is not None:
-        pass
+        resolve_steps(steps, model_labels)
     words = []
     for step in steps:
         words += [f"--{step.operation.replace('_', '-')}",
