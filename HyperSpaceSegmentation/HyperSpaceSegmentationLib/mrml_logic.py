@@ -557,8 +557,16 @@ def _load_segmentation(path: str, volumeNode: Any) -> Any:
         raise RuntimeError(f"the segmentation written by the engine ({path}) could not be read")
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    _place_next_to(node, volumeNode)
+    return node
+
+
+def _place_next_to(node: Any, volumeNode: Any) -> None:
+    """Put ``node`` under the volume's parent transform and next to it in the subject hierarchy."""
+    import slicer
+
     node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
     volume_item = hierarchy.GetItemByDataNode(volumeNode)
     if volume_item:  # Slicer's Qt plugins give every node an item; the Qt-free core does not
         parent, item = hierarchy.GetItemParent(volume_item), hierarchy.GetItemByDataNode(node)
@@ -566,7 +574,6 @@ def _load_segmentation(path: str, volumeNode: Any) -> Any:
             hierarchy.SetItemParent(item, parent)
         else:
             hierarchy.CreateItem(parent, node)
-    return node
 
 
 def _load_uncertainty(path: str, volumeNode: Any) -> Any:
@@ -583,7 +590,6 @@ def _load_uncertainty(path: str, volumeNode: Any) -> Any:
     if not storage.ReadData(node):
         scene.RemoveNode(node)
         raise RuntimeError(f"the uncertainty written by the engine ({path}) could not be read")
-    node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
     node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
     colors = next((c for c in (_color_node(scene, name) for name in HEAT_MAP_COLORS) if c is not None), None)
@@ -591,14 +597,7 @@ def _load_uncertainty(path: str, volumeNode: Any) -> Any:
         display.SetAndObserveColorNodeID(colors.GetID())
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    volume_item = hierarchy.GetItemByDataNode(volumeNode)
-    if volume_item:
-        parent, item = hierarchy.GetItemParent(volume_item), hierarchy.GetItemByDataNode(node)
-        if item:
-            hierarchy.SetItemParent(item, parent)
-        else:
-            hierarchy.CreateItem(parent, node)
+    _place_next_to(node, volumeNode)
     return node
 
 
