@@ -31,7 +31,7 @@ if MODULE_DIR not in sys.path:
     sys.path.insert(0, MODULE_DIR)
 
 from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
-from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic  # noqa: E402
+from HyperSpaceSegmentationLib.mrml_logic import UNCERTAINTY_REFERENCE_ROLE, HyperSpaceMRMLLogic  # noqa: E402
 
 README_URL = "https://github.com/hyperspace-segmentation/SlicerHyperSpaceSegmentation#3d-slicer"
 SAMPLE_FILE = os.path.join(MODULE_DIR, "HyperSpaceSegmentationLib", "resources", "samples", "MNI152-T1-1.5mm.nrrd")
@@ -143,6 +143,8 @@ class HyperSpaceSegmentationParameterNode:
     inputSpacingY: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
     inputSpacingZ: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    testTimeAugmentation: bool = False
+    computeUncertainty: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
     toleranceMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
@@ -170,6 +172,7 @@ def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
                           if parameters.overrideInputSpacing else None),
         "mode": engineMode, "axis": "IJK".index(parameters.sliceAxis),
         "slice_index": None,
+        "tta": True if parameters.testTimeAugmentation else None, "uncertainty": parameters.computeUncertainty,
     }
 
 
@@ -205,6 +208,7 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self._job = None
         self._shownLogLines = 0
         self._disagreementRank = 0
+        self._uncertainRank = 0
         self._followedSliceNode = None
         self._viewAxis = None  # the volume axis across which the followed view showed a slice, or None
 
@@ -228,6 +232,8 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.computeMetricsButton.connect("clicked(bool)", self.onComputeMetrics)
         self.ui.exportCsvButton.connect("clicked(bool)", self.onExportCsv)
         self.ui.largestDisagreementButton.connect("clicked(bool)", lambda: self.onDisagreement(0))
+        self.ui.mostUncertainButton.connect("clicked(bool)", lambda: self.onUncertain(0))
+        self.ui.nextUncertainButton.connect("clicked(bool)", lambda: self.onUncertain(self._uncertainRank + 1))
         self.ui.nextDisagreementButton.connect("clicked(bool)", lambda: self.onDisagreement(self._disagreementRank + 1))
         self.ui.metricsTableSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onMetricsTableChanged)
         self.initializeParameterNode()
@@ -424,6 +430,8 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         if status == "done":
             self._parameterNode.outputSegmentation = job.result
             self.ui.logTextEdit.appendPlainText(_("Done: {name}").format(name=job.result.GetName()))
+            if job.uncertainty is not None:  # shown over the input, half transparent
+                slicer.util.setSliceViewerLayers(foreground=job.uncertainty, foregroundOpacity=0.5)
         elif status == "failed":
             self.ui.logTextEdit.appendPlainText(job.error)
             slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=job.error))
@@ -485,6 +493,19 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self._disagreementRank = rank
             self.ui.disagreementLabel.text = _("{name}: slice with the #{rank} largest difference.").format(
                 name=name, rank=rank + 1)
+
+
+    def onUncertain(self, rank: int) -> None:
+        """Move the Red slice view to the slice of rank ``rank`` (0: the most uncertain) of the output's uncertainty."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to find the slice."), waitCursor=True):
+            segmentation = self._parameterNode.outputSegmentation
+            uncertainty = segmentation.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if segmentation else None
+            if uncertainty is None:
+                raise UserError(_("Segment with \"Uncertainty map\" checked first."))
+            sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
+            self.logic.most_uncertain_slice(uncertainty, sliceNode, rank)
+            self._uncertainRank = rank
+            self.ui.disagreementLabel.text = _("Slice with the #{rank} highest uncertainty.").format(rank=rank + 1)
 
 
 def ensureDependencies(requirementsPath: str) -> None:

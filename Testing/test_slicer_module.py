@@ -216,6 +216,10 @@ def test_segmentation_modes_map_to_the_logic_arguments(module):
                                                    spacingZ=1.3, spacingMode=module.SpacingMode.PER_AXIS))
         assert perAxis["spacing"] == ((1.1, 1.2) if engine_mode == "2d" else (1.1, 1.2, 1.3))  # 2D: the slice plane
     assert module.HyperSpaceSegmentationParameterNode.segmentationMode == Mode.VOLUME  # 3D unless chosen
+    plain = module.segmentArguments(settings(module))
+    assert (plain["tta"], plain["uncertainty"]) == (None, False)  # review outputs only when asked
+    review = module.segmentArguments(settings(module, testTimeAugmentation=True, computeUncertainty=True))
+    assert (review["tta"], review["uncertainty"]) == (True, True)
 
 
 def test_model_description_shows_dimensions_and_ife(module):
