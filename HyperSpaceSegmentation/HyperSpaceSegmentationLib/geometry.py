@@ -11,7 +11,9 @@ import math
 from typing import Sequence
 
 import numpy as np
+import scipy.special
 import SimpleITK as sitk
+import torch
 
 from .errors import UserError
 from .io.images import check_spacing
@@ -66,31 +68,92 @@ def antialias_sigmas(old_spacing: Sequence[float], new_spacing: Sequence[float])
     return [max(new - old, 0.0) / 2.0 for old, new in zip(old_spacing, new_spacing)]
 
 
+def gaussian_kernel(variance: float, maximum_error: float = 0.01, maximum_width: int = 65) -> np.ndarray:
+    """The discrete Gaussian of ``variance`` (voxels^2) that ITK's DiscreteGaussianImageFilter uses: e^-t I_n(t),
+    as wide as needed to hold all but ``maximum_error`` of its weight (at most ``maximum_width`` taps), summing
+    to 1; ``[1]`` for no smoothing."""
+    if variance <= 0:
+        return np.ones(1)
+    half = scipy.special.ive(np.arange(maximum_width // 2 + 1), variance)
+    held = half[0] + 2 * np.cumsum(half[1:])
+    radius = int(np.searchsorted(held, 1 - maximum_error)) + 1
+    kernel = np.concatenate([half[radius:0:-1], half[:radius + 1]])
+    return kernel / kernel.sum()
+
+
+def axis_taps(size: int, new_size: int, sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices, weights)``, each ``(new_size, taps)``: the input voxels along one axis of ``size`` voxels that
+    make each voxel of the same box covered by ``new_size`` voxels (outer edges coincide, as on ``working_grid``),
+    and their weights: linear interpolation after a discrete Gaussian of ``sigma`` voxels (``gaussian_kernel``),
+    the edge voxel repeated beyond the axis for both (ITK's zero-flux boundary, no value from outside)."""
+    position = np.clip((np.arange(new_size) + 0.5) * size / new_size - 0.5, 0, size - 1)
+    left = np.floor(position).astype(np.int64)
+    fraction = (position - left)[:, None]
+    kernel = gaussian_kernel(sigma ** 2) if sigma >= 0.05 else np.ones(1)
+    radius = len(kernel) // 2
+    offsets = np.arange(-radius, radius + 2)
+    padded = np.pad(kernel, 1)  # padded[o + radius + 1] is the kernel's weight at offset o
+    weights = (1 - fraction) * padded[offsets + radius + 1] + fraction * padded[offsets + radius]
+    indices = np.clip(left[:, None] + offsets, 0, size - 1)
+    return torch.from_numpy(indices), torch.from_numpy(weights.astype(np.float32))
+
+
+def resample_array(array: torch.Tensor, shape: Sequence[int], sigmas: Sequence[float] | None = None) -> torch.Tensor:
+    """``array`` (its last ``len(shape)`` axes spatial, any leading ones such as classes) linearly resampled to
+    ``shape`` voxels over the same box, after Gaussian smoothing of ``sigmas`` voxels per axis (anti-aliasing);
+    separable, on ``array``'s device. An axis keeps its voxels where its size and sigma do not change."""
+    first = array.ndim - len(shape)
+    sigmas = sigmas or [0.0] * len(shape)
+    order = sorted(range(len(shape)), key=lambda a: shape[a] / array.shape[first + a])  # shrink first: less work
+    for a in order:
+        axis = first + a
+        if shape[a] == array.shape[axis] and sigmas[a] < 0.05:
+            continue
+        indices, weights = (t.to(array.device) for t in axis_taps(array.shape[axis], shape[a], sigmas[a]))
+        view = [1] * array.ndim
+        view[axis] = shape[a]
+        resampled = torch.zeros((*array.shape[:axis], shape[a], *array.shape[axis + 1:]), dtype=array.dtype,
+                                device=array.device)
+        for tap in range(indices.shape[1]):
+            resampled += array.index_select(axis, indices[:, tap]) * weights[:, tap].view(view)
+        array = resampled
+    return array
+
+
 def smooth(image: sitk.Image, sigmas_mm: Sequence[float]) -> sitk.Image:
-    """Gaussian smoothing with one sigma (mm) per axis; axes with a negligible sigma are left alone."""
-    if max(sigmas_mm) < 0.05 * min(image.GetSpacing()):
+    """Gaussian smoothing with one sigma (mm) per axis (float32); axes with a negligible sigma are left alone."""
+    sigmas = [s / sp for s, sp in zip(sigmas_mm, image.GetSpacing())]
+    if max(sigmas) < 0.05:
         return image
-    spacing = image.GetSpacing()
-    variances = [(s / sp) ** 2 if s >= 0.05 * sp else 0.0 for s, sp in zip(sigmas_mm, spacing)]
-    smoother = sitk.DiscreteGaussianImageFilter()
-    smoother.SetVariance(variances)
-    smoother.SetUseImageSpacing(False)
-    smoother.SetMaximumKernelWidth(64)
-    return smoother.Execute(sitk.Cast(image, sitk.sitkFloat32))
+    array = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
+    smoothed = sitk.GetImageFromArray(resample_array(array, array.shape, sigmas[::-1]).numpy())
+    smoothed.CopyInformation(image)
+    return smoothed
 
 
-def resample_to_spacing(
-    image: sitk.Image, spacing: Sequence[float], antialias: bool = True, outside: float = 0.0,
-) -> sitk.Image:
-    """Linear resampling of an intensity image onto its working grid at ``spacing`` mm (float32).
-
-    ``outside`` is the value of working voxels whose centre falls beyond the image's outermost voxel centres.
-    """
+def resample_to_spacing(image: sitk.Image, spacing: Sequence[float], antialias: bool = True) -> sitk.Image:
+    """Linear resampling of an intensity image onto its working grid at ``spacing`` mm (float32), after Gaussian
+    anti-aliasing where it is down-sampled; beyond the outermost voxel centres the edge voxel is repeated."""
     grid = working_grid(image, spacing)
-    source = smooth(image, antialias_sigmas(image.GetSpacing(), grid.GetSpacing())) if antialias else image
-    if grid.GetSize() == image.GetSize() and np.allclose(grid.GetSpacing(), image.GetSpacing()):
-        return sitk.Cast(source, sitk.sitkFloat32)
-    return sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32)
+    sigmas = antialias_sigmas(image.GetSpacing(), grid.GetSpacing()) if antialias else [0.0] * image.GetDimension()
+    array = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
+    voxels = [s / sp for s, sp in zip(sigmas, image.GetSpacing())]
+    resampled = sitk.GetImageFromArray(resample_array(array, grid.GetSize()[::-1], voxels[::-1]).numpy())
+    resampled.CopyInformation(grid)
+    return resampled
+
+
+def permuted_back(array: np.ndarray, permuted: sitk.Image, image: sitk.Image) -> np.ndarray:
+    """``array`` (leading axes, then the spatial axes of ``permuted`` in array order) with its spatial axes
+    permuted and flipped onto those of ``image``, of which ``permuted`` is a copy with axes permuted and flipped
+    (such as ``canonical(image)``); no resampling."""
+    dim = image.GetDimension()
+    cosines = np.reshape(image.GetDirection(), (dim, dim)).T @ np.reshape(permuted.GetDirection(), (dim, dim))
+    lead = array.ndim - dim
+    # axis a of image (x, y, z) is axis source[a] of permuted; array axes run in reverse (z, y, x)
+    source = [int(np.argmax(np.abs(cosines[a]))) for a in range(dim)]
+    flipped = np.flip(array, [lead + dim - 1 - source[a] for a in range(dim) if cosines[a, source[a]] < 0])
+    return np.transpose(flipped, list(range(lead)) + [lead + dim - 1 - source[dim - 1 - i] for i in range(dim)])
 
 
 def resample_labels(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..geometry import canonical, grid_size, resample_to_spacing
+from ..geometry import canonical, grid_size, permuted_back, resample_array, resample_to_spacing
 from ..io.images import check_spacing
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet
@@ -36,7 +36,7 @@ from ..progress import Reporter
 from ..system import available_memory_mb, resolve_device
 from .sliding_window import count_windows, patch_size_for, predict_probabilities
 
-DEFAULT_PATCH = {3: 128, 2: 512}
+MEMORY_SHARE = 0.8  # without --max-memory, windows may take this share of the memory available on the device
 DEFAULT_MAX_VOXELS = 4_000_000
 _REFERENCE_WINDOW = {3: 64, 2: 256}  # timed once for --max-seconds; smaller windows cost more per voxel (conservative)
 _MAX_BATCH = 32  # slices per network call: at most this many, and as many as _BATCH_MEMORY_MB of activations hold
@@ -112,6 +112,16 @@ class NetworkView:
     voxels: int
 
 
+@dataclass(frozen=True)
+class WindowPlan:
+    """Sliding windows over the working grid: its ``shape`` (array axes, of the volume or of each slice), the
+    window size ``patch`` and the items (slices) that go through the network together (``batch``)."""
+
+    shape: tuple[int, ...]
+    patch: tuple[int, ...]
+    batch: int
+
+
 @dataclass
 class SpacingChoice:
     spacing: tuple[float, ...]  # x, y, z order (as SimpleITK)
@@ -130,9 +140,12 @@ class Segmenter:
     def __init__(
         self, model: SegmentationModel, device: str = "auto", patch: int | None = None,
         overlap: float = 0.5, cache_size: int = 8, slices: Slices = Slices(), tta: Sequence[int] | None = None,
+        max_memory_mb: float | None = None,
     ) -> None:
         if model.dim == 3 and slices != Slices():
             raise UserError("a 3D model segments whole volumes: drop --axis and --slice, or use a 2D model")
+        if max_memory_mb is not None and not (max_memory_mb > 0 and math.isfinite(max_memory_mb)):
+            raise UserError(f"--max-memory {max_memory_mb:g}: give a positive number of MB, such as 4000")
         self.model = model
         self.slices = slices
         self.flips = _flips(tta, model.dim)
@@ -140,7 +153,8 @@ class Segmenter:
         self.model.network.to(self.device)
         if patch is not None and (problem := model.unet_config.patch_problem(patch)):
             raise UserError(f"--patch {patch}: {problem}")
-        self.patch = (patch or DEFAULT_PATCH[model.dim],) * model.dim
+        self.patch = None if patch is None else (patch,) * model.dim  # None: the largest window that fits memory
+        self.max_memory_mb = max_memory_mb
         self.overlap = overlap
         self.cache_size = cache_size
         self._networks: OrderedDict[tuple[float, ...], nn.Module] = OrderedDict()
@@ -277,12 +291,39 @@ class Segmenter:
         """Voxels of the working grid at ``spacing`` over every slice segmented (the volume, for a 3D model)."""
         return math.prod(self.working_size(image, spacing)) * self.view(image).slices
 
-    def _network_shape(self, image: sitk.Image, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def windows(self, image: sitk.Image, spacing: Sequence[float]) -> WindowPlan:
+        """How the network goes over ``image`` at ``spacing``: the window size and the items (slices) per call.
+
+        With a ``patch`` asked for, windows of that edge (an axis up to 1.25 times as long takes one window).
+        Otherwise the largest window, up to the whole working volume or slice, whose estimated memory need
+        (``estimate_memory_mb``) fits the budget: ``max_memory_mb``, by default ``MEMORY_SHARE`` of the memory
+        available on the device; fewer, larger windows process fewer voxels (no overlap) and run faster.
+        """
         shape = tuple(reversed(self.working_size(image, spacing)))
-        return shape, patch_size_for(shape, self.patch, self.model.unet_config.divisor)
+        view = self.view(image)
+        divisor = self.model.unet_config.divisor
+        if self.patch is not None:
+            patch = patch_size_for(shape, self.patch, divisor)
+            return WindowPlan(shape, patch, self._batch_size(patch, view.slices))
+        whole = patch_size_for(shape, shape, divisor)
+        budget = self.memory_budget_mb()
+        for edge in range(max(whole), 2 * divisor - 1, -divisor):
+            patch = tuple(min(w, edge) for w in whole)
+            plan = WindowPlan(shape, patch, self._batch_size(patch, view.slices))
+            if self._memory_mb(view, plan) <= budget:
+                return plan
+        return plan  # the smallest window: check_memory says what to do if even it does not fit
+
+    def memory_budget_mb(self) -> float:
+        """The memory (MB) a run may take on the device: ``max_memory_mb``, or ``MEMORY_SHARE`` of what is free."""
+        return self.max_memory_mb if self.max_memory_mb is not None else MEMORY_SHARE * available_memory_mb(self.device)
 
     def estimate_memory_mb(self, image: sitk.Image, spacing: Sequence[float]) -> float:
-        """Memory (MB) that segmenting ``image`` at ``spacing`` adds: volumes, accumulators and activations.
+        """Memory (MB) that segmenting ``image`` at ``spacing`` adds (with the windows of ``windows``)."""
+        return self._memory_mb(self.view(image), self.windows(image, spacing))
+
+    def _memory_mb(self, view: NetworkView, plan: WindowPlan) -> float:
+        """Memory (MB) of segmenting the items of ``view`` with ``plan``: volumes, accumulators and activations.
 
         Per item (the volume, or each slice) at working spacing: its class probabilities and intensities; per item
         of a batch (the volume, or the slices that go through the network together): its padded input and window
@@ -291,16 +332,14 @@ class Segmenter:
         was fitted on the MNI152 template at 1-3.5 mm (see docs/BENCHMARKS.md): within 10% at 1-2 mm, up to 30% low
         at coarser spacings, where fixed costs dominate and the need is small anyway.
         """
-        shape, patch = self._network_shape(image, spacing)
-        view = self.view(image)
-        batch = self._batch_size(patch, view.slices)
-        item = math.prod(max(s, p) for s, p in zip(shape, patch))
-        working = item * (view.slices * (len(self.model.labels) + 1) + 2 * batch)
-        total = 4 * (working + view.voxels * (3 + len(self.model.labels)) + batch * self._activation_floats(patch))
+        item = math.prod(max(s, p) for s, p in zip(plan.shape, plan.patch))
+        working = item * (view.slices * (len(self.model.labels) + 1) + 2 * plan.batch)
+        total = 4 * (working + view.voxels * (3 + len(self.model.labels))
+                     + plan.batch * self._activation_floats(plan.patch))
         return total / 2**20
 
     def _activation_floats(self, patch: Sequence[int]) -> float:
-        """Activations of one window of the network (see ``estimate_memory_mb``)."""
+        """Activations of one window of the network (see ``_memory_mb``)."""
         features = self.model.unet_config.features
         return sum(f * 8 * math.prod(patch) / (2 ** (self.model.dim * level)) for level, f in enumerate(features))
 
@@ -313,9 +352,9 @@ class Segmenter:
     def estimate_seconds(self, image: sitk.Image, spacing: Sequence[float]) -> float:
         """Prediction time (s): the voxels the windows process (over every slice segmented and every flip of
         test-time augmentation) times the measured time per voxel on this device."""
-        shape, patch = self._network_shape(image, spacing)
-        windows = count_windows(shape, patch, self.overlap) * self.view(image).slices
-        return windows * len(self.flips) * math.prod(patch) * self._seconds_per_voxel()
+        plan = self.windows(image, spacing)
+        windows = count_windows(plan.shape, plan.patch, self.overlap) * self.view(image).slices
+        return windows * len(self.flips) * math.prod(plan.patch) * self._seconds_per_voxel()
 
     def _seconds_per_voxel(self) -> float:
         """Measured once per segmenter: one reference window (after a warm-up pass) of the model's network."""
@@ -335,15 +374,19 @@ class Segmenter:
         return self._seconds_per_voxel_measured
 
     def check_memory(self, image: sitk.Image, spacing: Sequence[float]) -> float:
-        """The estimated need (MB); a ``UserError`` with a coarser spacing to try if it exceeds what is free."""
+        """The estimated need (MB); a ``UserError`` with a coarser spacing to try if even the smallest windows
+        exceed the budget (``max_memory_mb``) or what is free on the device."""
         need = self.estimate_memory_mb(image, spacing)
         free = available_memory_mb(self.device)
-        if need > 0.9 * free:
-            factor = (need / (0.5 * free)) ** (1 / len(spacing))
+        limit = min(self.max_memory_mb, 0.9 * free) if self.max_memory_mb is not None else 0.9 * free
+        if need > limit:
+            factor = (need / (0.55 * limit)) ** (1 / len(spacing))
             suggestion = " ".join(f"{s * factor:.2f}" for s in spacing)
+            what = (f"the budget is {self.max_memory_mb:,.0f} MB (--max-memory)" if limit < 0.9 * free
+                    else f"{free:,.0f} MB are free on {self.device.type}")
             raise UserError(
                 f"segmenting at spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm needs about {need:,.0f} MB but "
-                f"{free:,.0f} MB are free on {self.device.type}: use a coarser spacing such as --spacing {suggestion}"
+                f"{what}: use a coarser spacing such as --spacing {suggestion}"
             )
         return need
 
@@ -366,13 +409,13 @@ class Segmenter:
             normalised.CopyInformation(oriented)
             in_plane = iter(spacing)
             stack_spacing = [oriented.GetSpacing()[a] if a == slice_axis else next(in_plane) for a in range(3)]
-            working = resample_to_spacing(normalised, stack_spacing, outside=outside)
+            working = resample_to_spacing(normalised, stack_spacing)
             items = _by_item(sitk.GetArrayViewFromImage(working), item_axis)  # (volume or slices, *shape)
             spacing_zyx = tuple(working.GetSpacing()[a] for a in reversed(plane))
         count, shape = items.shape[0], items.shape[1:]
         classes = len(self.model.labels)
-        patch = patch_size_for(shape, self.patch, self.model.unet_config.divisor)
-        batch = self._batch_size(patch, count)
+        plan = self.windows(image, spacing)
+        patch, batch = plan.patch, plan.batch
         windows = count_windows(shape, patch, self.overlap)
         windows_text = f"{windows} windows of {'x'.join(map(str, patch))}"
         if len(self.flips) > 1:
@@ -393,7 +436,7 @@ class Segmenter:
                     batched[start:start + batch] = result.cpu().numpy()
         probabilities = batched[0] if item_axis is None else np.moveaxis(batched, 0, item_axis + 1)
         with reporter.stage("restore input grid"):
-            return self._on_input_grid(on_input_grid(probabilities, working, source), image)
+            return self._on_input_grid(on_input_grid(probabilities, oriented, source), image)
 
     def _network_input(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image, int | None]:
         """``(source, oriented, slice axis)``: the part of ``image`` segmented, as a volume (a 2D image is a volume
@@ -436,22 +479,23 @@ class Segmenter:
         return whole
 
 
-def on_input_grid(probabilities: np.ndarray, working: sitk.Image, reference: sitk.Image) -> np.ndarray:
-    """Each class probability (``(classes, *working shape)``) resampled linearly onto the grid of ``reference``:
-    ``(classes, *reference shape)``, float32."""
-    resampled = np.empty((len(probabilities), *sitk.GetArrayViewFromImage(reference).shape), np.float32)
-    for channel, target in zip(probabilities, resampled):
-        image = sitk.GetImageFromArray(np.ascontiguousarray(channel, dtype=np.float32))
-        image.CopyInformation(working)
-        on_reference = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        target[...] = sitk.GetArrayViewFromImage(on_reference)  # a view: the image must live while it is read
-    return resampled
+def on_input_grid(probabilities: np.ndarray, oriented: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """Class probabilities ``(classes, *working shape)`` on a working grid of ``oriented`` (any spacing; see
+    ``geometry.working_grid``), ``reference`` with axes permuted and flipped such as ``canonical(reference)``,
+    resampled linearly onto the grid of ``reference``: ``(classes, *reference shape)``, float32."""
+    resampled = resample_array(torch.from_numpy(probabilities), oriented.GetSize()[::-1]).numpy()
+    return np.ascontiguousarray(permuted_back(resampled, oriented, reference))
 
 
 def labels_from_probabilities(probabilities: np.ndarray, values: Sequence[int], reference: sitk.Image) -> sitk.Image:
     """The label value (``values[c]`` for class ``c``) of the most likely class at each voxel, on ``reference``'s
     grid (ties: the lowest value)."""
-    labels = sitk.GetImageFromArray(np.asarray(values, np.uint8)[np.argmax(probabilities, axis=0)])
+    best, most_likely = probabilities[0].copy(), np.zeros(probabilities.shape[1:], np.uint8)
+    for index, channel in enumerate(probabilities[1:], start=1):  # faster than argmax over the first axis
+        higher = channel > best
+        most_likely[higher] = index
+        np.maximum(best, channel, out=best)
+    labels = sitk.GetImageFromArray(np.asarray(values, np.uint8)[most_likely])
     labels.CopyInformation(reference)
     return labels
 
