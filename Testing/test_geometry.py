@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HyperSpaceSegmentationLib.geometry import canonical, same_grid, working_grid
+from HyperSpaceSegmentationLib.geometry import (
+    canonical, permuted_back, resample_to_spacing, same_grid, smooth, working_grid,
+)
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
 from HyperSpaceSegmentationLib.inference.segmenter import labels_from_probabilities, on_input_grid
 from HyperSpaceSegmentationLib.progress import Reporter
 
-from conftest import OBLIQUE, asymmetric_phantom, oracle_model, phantom, tiny_model
+from conftest import OBLIQUE, asymmetric_phantom, on_grid, oracle_model, phantom, tiny_model
 
 GRIDS = {
     "identity": dict(size=(40, 36, 32), spacing=(1.0, 1.0, 1.0)),
@@ -129,3 +131,46 @@ def test_hypernetwork_gets_the_spacing_in_array_axis_order():
     assert choice.spacing == pytest.approx((0.9, 1.6, 1.2))
     segmenter.segment(image, choice.spacing, Reporter(3, quiet=True))
     assert seen == [pytest.approx((1.2, 1.6, 0.9), abs=0.01)]
+
+
+@pytest.mark.parametrize("variance", [0.3, 1.0, 2.25, 6.0])
+def test_smoothing_is_itks_discrete_gaussian_up_to_the_edges(variance):
+    """Anti-aliasing must stay what the model was trained with (ITK's DiscreteGaussianImageFilter)."""
+    noise = sitk.GetImageFromArray(np.random.default_rng(1).random((20, 26, 31)).astype(np.float32))
+    noise.SetSpacing((0.5, 1.0, 2.0))
+    itk = sitk.DiscreteGaussianImageFilter()
+    itk.SetVariance([variance] * 3)
+    itk.SetUseImageSpacing(False)
+    itk.SetMaximumKernelWidth(64)
+    expected = sitk.GetArrayFromImage(itk.Execute(noise))
+    sigmas_mm = [variance ** 0.5 * s for s in noise.GetSpacing()]
+    assert np.allclose(sitk.GetArrayFromImage(smooth(noise, sigmas_mm)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (1.0, 2.2, 0.6)])
+def test_resampling_to_the_working_grid_is_itks_smoothing_then_linear_interpolation(spacing):
+    """The separable resampler against SimpleITK on its own working grid, wherever SimpleITK's interpolation
+    is defined (between the outermost voxel centres); beyond them the edge voxel is repeated, not zero."""
+    image = on_grid(np.random.default_rng(2).random((30, 33, 36)).astype(np.float32), (1.0, 1.1, 1.2),
+                    (3.0, -4.0, 5.0), OBLIQUE)
+    grid = working_grid(image, spacing)
+    smoothed = smooth(image, [max(n - o, 0) / 2 for o, n in zip(image.GetSpacing(), grid.GetSpacing())])
+    expected = sitk.Resample(smoothed, grid, sitk.Transform(), sitk.sitkLinear, np.nan, sitk.sitkFloat32)
+    ours = resample_to_spacing(image, spacing)
+    assert same_grid(ours, grid, tolerance=0)
+    expected, ours = sitk.GetArrayFromImage(expected), sitk.GetArrayFromImage(ours)
+    inside = ~np.isnan(expected)
+    assert inside.mean() > 0.6 and np.allclose(ours[inside], expected[inside], atol=1e-5)
+    assert not np.isnan(ours).any() and ours.min() > 0  # noise in [0, 1): no zero from outside the image
+
+
+@pytest.mark.parametrize("direction", [(0, 0, -1, -1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 0, 1, 0, -1, 0),
+                                       (0, 1, 0, 1, 0, 0, 0, 0, -1), OBLIQUE])
+def test_arrays_of_the_lps_oriented_grid_go_back_to_the_stored_axes(direction):
+    """Undoing the reorientation must catch any flip or transposed axis: each voxel holds its own index."""
+    index = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    image = on_grid(index, (1.0, 2.0, 3.0), (0.0, 0.0, 0.0), direction)
+    oriented = canonical(image)
+    stacked = np.stack([sitk.GetArrayFromImage(oriented), -sitk.GetArrayFromImage(oriented)])
+    back = permuted_back(stacked, oriented, image)
+    assert np.array_equal(back[0], index) and np.array_equal(back[1], -index)

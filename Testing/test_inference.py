@@ -10,7 +10,7 @@ import torch
 from HyperSpaceSegmentationLib.cli import main
 from HyperSpaceSegmentationLib.geometry import grid_size, resample_to_spacing, voxels_at, working_grid
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
-from HyperSpaceSegmentationLib.inference.sliding_window import predict_probabilities
+from HyperSpaceSegmentationLib.inference.sliding_window import count_windows, predict_probabilities
 from HyperSpaceSegmentationLib.io.model_file import save_model
 from HyperSpaceSegmentationLib.preprocessing import Normalisation
 from HyperSpaceSegmentationLib.progress import Reporter
@@ -313,3 +313,35 @@ def test_input_spacing_overrides_a_wrong_header_and_the_output_keeps_the_header(
     code = main(["segment", str(tmp_path / "wrong.nrrd"), "-o", str(tmp_path / "x.nrrd"), *common,
                  "--input-spacing", "1", "2"])
     assert code == 2 and "--input-spacing has 2 values" in capsys.readouterr().err
+
+
+def test_windows_grow_to_the_whole_volume_when_memory_allows_and_shrink_to_fit_a_budget():
+    image, labels = asymmetric_phantom(size=(70, 60, 50), direction=OBLIQUE)
+    spacing = (1.0, 1.0, 1.0)
+    roomy = Segmenter(oracle_model(), device="cpu", max_memory_mb=4000)
+    whole = roomy.windows(image, spacing)
+    assert all(p >= s for p, s in zip(whole.patch, whole.shape)) and max(whole.patch) - max(whole.shape) < 8
+    budget = 0.5 * roomy.estimate_memory_mb(image, spacing)
+    tight = Segmenter(oracle_model(), device="cpu", max_memory_mb=budget)
+    windowed = tight.windows(image, spacing)
+    assert count_windows(windowed.shape, windowed.patch, 0.5) > 1
+    assert tight.estimate_memory_mb(image, spacing) <= budget
+    reporter = Reporter(3, quiet=True)
+    for segmenter in (roomy, tight):  # a voxel-wise network: the same labels whatever the windows
+        assert np.array_equal(sitk.GetArrayFromImage(segmenter.segment(image, spacing, reporter)),
+                              sitk.GetArrayFromImage(labels))
+
+
+def test_a_memory_budget_below_the_smallest_window_is_refused_with_a_coarser_spacing(tmp_path, capsys):
+    image, _ = asymmetric_phantom(size=(70, 60, 50))
+    path = tmp_path / "image.nrrd"
+    sitk.WriteImage(image, str(path))
+    model = tmp_path / "tiny.pt"
+    save_model(tiny_model(), model)
+    for budget, words in (("5", ["5 MB (--max-memory)", "--spacing"]), ("0", ["--max-memory 0", "positive"]),
+                          ("nan", ["--max-memory nan", "positive"])):
+        code = main(["segment", str(path), "-o", str(tmp_path / f"out{budget}.nrrd"), "--model", str(model),
+                     "--max-memory", budget, "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
+        assert not (tmp_path / f"out{budget}.nrrd").exists()
