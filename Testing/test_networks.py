@@ -111,3 +111,21 @@ def test_label_255_is_a_valid_model_label_and_256_is_refused(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("hyperspace: error: ") and "\n" not in error, error
     assert "0-255" in error and str(path) in error, error
+
+
+def test_channels_last_inference_gives_the_same_logits_and_training_is_untouched():
+    """The CPU's faster memory order must not change a result: a generated 3D U-Net on an uneven, non-cubic input
+    with features far from zero mean (where a wrong normalisation axis would show)."""
+    torch.manual_seed(0)
+    unet = tiny_model().network.static_unet((1.2, 0.9, 2.0)).eval()
+    x = torch.randn(2, 1, 24, 40, 16) * 3 + 5
+    x[1] = x[1].flip(-1) * 0.5
+    with torch.no_grad():
+        expected = unet(x)
+        fast = unet.to_channels_last()(x)
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(fast, expected, atol=1e-4), (fast - expected).abs().max()
+    fresh = UNet(UNetConfig(dim=3, num_classes=2, features=(4, 8)))
+    loss = fresh(x).sum()  # the default order keeps autograd's usual path
+    loss.backward()
+    assert not fresh.channels_last and all(p.grad is not None for p in fresh.parameters())

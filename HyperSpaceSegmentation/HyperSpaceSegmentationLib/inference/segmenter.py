@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..geometry import canonical, grid_size, permuted_back, resample_array, resample_to_spacing
 from ..io.images import check_spacing
 from ..io.model_file import SegmentationModel
-from ..networks import HyperSpaceNet
+from ..networks import HyperSpaceNet, UNet
 from ..progress import Reporter
 from ..system import available_memory_mb, resolve_device
 from .sliding_window import count_windows, patch_size_for, predict_probabilities
@@ -162,17 +162,23 @@ class Segmenter:
 
     # networks -------------------------------------------------------------------------------------
     def network_for(self, spacing_zyx: Sequence[float]) -> nn.Module:
-        """The U-Net for a spacing in array-axis order: generated once per rounded spacing for HyperSpace."""
+        """The U-Net for a spacing in array-axis order: generated once per rounded spacing for HyperSpace; on the
+        CPU a 3D U-Net runs in channels-last memory order (``UNet.to_channels_last``)."""
         network = self.model.network
         if not isinstance(network, HyperSpaceNet):
-            return network
+            return self._prepared(network)
         key = tuple(round(float(s), 2) for s in spacing_zyx)
         if key not in self._networks:
-            self._networks[key] = network.static_unet(key)
+            self._networks[key] = self._prepared(network.static_unet(key))
             while len(self._networks) > self.cache_size:
                 self._networks.popitem(last=False)
         self._networks.move_to_end(key)
         return self._networks[key]
+
+    def _prepared(self, network: nn.Module) -> nn.Module:
+        if self.device.type == "cpu" and isinstance(network, UNet) and not network.channels_last:
+            network.to_channels_last()
+        return network
 
     # spacing --------------------------------------------------------------------------------------
     def choose_spacing(self, image: sitk.Image, request: SpacingRequest) -> SpacingChoice:
@@ -402,7 +408,6 @@ class Segmenter:
         are background with certainty."""
         source, oriented, slice_axis = self._network_input(image)
         item_axis = None if slice_axis is None else 2 - slice_axis  # the slices' array axis (k, j, i order)
-        plane = [a for a in range(3) if a != slice_axis]
         outside = self.model.normalisation.outside_value
         with reporter.stage("resample to working spacing"):
             normalised = sitk.GetImageFromArray(self._normalised(sitk.GetArrayViewFromImage(oriented), item_axis))
@@ -411,7 +416,6 @@ class Segmenter:
             stack_spacing = [oriented.GetSpacing()[a] if a == slice_axis else next(in_plane) for a in range(3)]
             working = resample_to_spacing(normalised, stack_spacing)
             items = _by_item(sitk.GetArrayViewFromImage(working), item_axis)  # (volume or slices, *shape)
-            spacing_zyx = tuple(working.GetSpacing()[a] for a in reversed(plane))
         count, shape = items.shape[0], items.shape[1:]
         classes = len(self.model.labels)
         plan = self.windows(image, spacing)
@@ -424,7 +428,7 @@ class Segmenter:
         if slice_axis is not None:
             name = f"predict {count} slices, up to {batch} at a time, {windows_text} each"
         with reporter.stage(name, total=math.ceil(count / batch) * windows * len(self.flips)) as update:
-            network = self.network_for(spacing_zyx)
+            network = self.network_for(tuple(reversed(spacing)))  # as asked: one network for a batch of scans
             batched = np.empty((count, classes, *shape), np.float32) if count > batch else None
             for start in range(0, count, batch):
                 images = torch.tensor(items[start:start + batch], device=self.device)[:, None]
