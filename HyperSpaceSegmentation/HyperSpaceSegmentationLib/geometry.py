@@ -11,9 +11,11 @@ import math
 from typing import Sequence
 
 import numpy as np
+import scipy.ndimage
 import scipy.special
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from .errors import UserError
 from .io.images import check_spacing
@@ -81,43 +83,25 @@ def gaussian_kernel(variance: float, maximum_error: float = 0.01, maximum_width:
     return kernel / kernel.sum()
 
 
-def axis_taps(size: int, new_size: int, sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(indices, weights)``, each ``(new_size, taps)``: the input voxels along one axis of ``size`` voxels that
-    make each voxel of the same box covered by ``new_size`` voxels (outer edges coincide, as on ``working_grid``),
-    and their weights: linear interpolation after a discrete Gaussian of ``sigma`` voxels (``gaussian_kernel``),
-    the edge voxel repeated beyond the axis for both (ITK's zero-flux boundary, no value from outside)."""
-    position = np.clip((np.arange(new_size) + 0.5) * size / new_size - 0.5, 0, size - 1)
-    left = np.floor(position).astype(np.int64)
-    fraction = (position - left)[:, None]
-    kernel = gaussian_kernel(sigma ** 2) if sigma >= 0.05 else np.ones(1)
-    radius = len(kernel) // 2
-    offsets = np.arange(-radius, radius + 2)
-    padded = np.pad(kernel, 1)  # padded[o + radius + 1] is the kernel's weight at offset o
-    weights = (1 - fraction) * padded[offsets + radius + 1] + fraction * padded[offsets + radius]
-    indices = np.clip(left[:, None] + offsets, 0, size - 1)
-    return torch.from_numpy(indices), torch.from_numpy(weights.astype(np.float32))
-
-
 def resample_array(array: torch.Tensor, shape: Sequence[int], sigmas: Sequence[float] | None = None) -> torch.Tensor:
     """``array`` (its last ``len(shape)`` axes spatial, any leading ones such as classes) linearly resampled to
-    ``shape`` voxels over the same box, after Gaussian smoothing of ``sigmas`` voxels per axis (anti-aliasing);
-    separable, on ``array``'s device. An axis keeps its voxels where its size and sigma do not change."""
-    first = array.ndim - len(shape)
-    sigmas = sigmas or [0.0] * len(shape)
-    order = sorted(range(len(shape)), key=lambda a: shape[a] / array.shape[first + a])  # shrink first: less work
-    for a in order:
-        axis = first + a
-        if shape[a] == array.shape[axis] and sigmas[a] < 0.05:
-            continue
-        indices, weights = (t.to(array.device) for t in axis_taps(array.shape[axis], shape[a], sigmas[a]))
-        view = [1] * array.ndim
-        view[axis] = shape[a]
-        resampled = torch.zeros((*array.shape[:axis], shape[a], *array.shape[axis + 1:]), dtype=array.dtype,
-                                device=array.device)
-        for tap in range(indices.shape[1]):
-            resampled += array.index_select(axis, indices[:, tap]) * weights[:, tap].view(view)
-        array = resampled
-    return array
+    ``shape`` voxels over the same box (outer edges coincide, as on ``working_grid``), after a discrete Gaussian
+    of ``sigmas`` voxels per axis (``gaussian_kernel``; anti-aliasing, on the CPU). Beyond the axis ends the edge
+    voxel is repeated for both (ITK's zero-flux boundary; no value from outside). On ``array``'s device."""
+    spatial = len(shape)
+    if sigmas and max(sigmas) >= 0.05:
+        smoothed = array.numpy().astype(np.float32, copy=True)
+        for axis, sigma in enumerate(sigmas, start=array.ndim - spatial):
+            if sigma >= 0.05:
+                scipy.ndimage.correlate1d(smoothed, gaussian_kernel(sigma ** 2), axis=axis, output=smoothed,
+                                          mode="nearest")
+        array = torch.from_numpy(smoothed)
+    if tuple(shape) == tuple(array.shape[-spatial:]):
+        return array
+    mode = ("linear", "bilinear", "trilinear")[spatial - 1]
+    batch = array.reshape(1, -1, *array.shape[-spatial:])  # align_corners=False: voxel edges coincide
+    resized = F.interpolate(batch, size=tuple(int(n) for n in shape), mode=mode, align_corners=False)
+    return resized.reshape(*array.shape[:-spatial], *shape)
 
 
 def smooth(image: sitk.Image, sigmas_mm: Sequence[float]) -> sitk.Image:
