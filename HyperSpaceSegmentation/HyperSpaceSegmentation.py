@@ -128,7 +128,7 @@ class HyperSpaceSegmentationParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     useEmbeddedModel: bool = True
-    modelFile: pathlib.Path
+    modelFiles: str = ""
     segmentationMode: SegmentationMode = SegmentationMode.VOLUME
     sliceAxis: Annotated[str, Choice(["I", "J", "K"])] = "K"
     spacingMode: SpacingMode = SpacingMode.NATIVE
@@ -145,10 +145,18 @@ class HyperSpaceSegmentationParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     testTimeAugmentation: bool = False
     computeUncertainty: bool = False
+    removeSmallObjects: bool = False
+    smallObjectMm3: Annotated[float, WithinRange(0.0, 1e6)] = 100.0
+    smallObjectClasses: str = ""
+    keepLargestComponent: bool = False
+    largestComponentClasses: str = ""
+    fillHoles: bool = False
+    fillHolesClasses: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
     toleranceMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
     metricsTable: vtkMRMLTableNode
+    uncertaintyThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
 
 
 def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
@@ -163,9 +171,16 @@ def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
         SpacingMode.ISOTROPIC: parameters.isotropicSpacing,
         SpacingMode.PER_AXIS: perAxis[:2] if engineMode == "2d" else perAxis,  # 2D: the slice plane's two axes
     }.get(mode, "auto")
-    model = None if parameters.useEmbeddedModel else str(parameters.modelFile)
+    postprocessing = {}
+    if parameters.removeSmallObjects:
+        postprocessing["remove_smaller_than"] = (parameters.smallObjectMm3, classList(parameters.smallObjectClasses))
+    if parameters.keepLargestComponent:
+        postprocessing["largest_component"] = classList(parameters.largestComponentClasses)
+    if parameters.fillHoles:
+        postprocessing["fill_holes"] = classList(parameters.fillHolesClasses)
     return {
-        "spacing": spacing, "model": model, "device": parameters.device,
+        "spacing": spacing, "model": None if parameters.useEmbeddedModel else modelFileList(parameters.modelFiles),
+        "device": parameters.device,
         "max_voxels": parameters.budgetMegavoxels * 1e6 if mode == SpacingMode.VOXEL_BUDGET else None,
         "max_seconds": parameters.budgetSeconds if mode == SpacingMode.TIME_BUDGET else None,
         "input_spacing": ((parameters.inputSpacingX, parameters.inputSpacingY, parameters.inputSpacingZ)
@@ -173,7 +188,25 @@ def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
         "mode": engineMode, "axis": "IJK".index(parameters.sliceAxis),
         "slice_index": None,
         "tta": True if parameters.testTimeAugmentation else None, "uncertainty": parameters.computeUncertainty,
+        "postprocessing": postprocessing or None,
     }
+
+
+def modelFileList(text: str) -> list[str]:
+    """The model files typed or added in the panel, separated by ';' (several: an ensemble)."""
+    return [path.strip() for path in text.split(";") if path.strip()]
+
+
+def classList(text: str) -> list | bool:
+    """The classes typed for a postprocessing step, label values or class names separated by commas, as
+    ``segment``'s postprocessing labels; empty: True (every class)."""
+    words = [word.strip() for word in text.split(",") if word.strip()]
+    return [int(word) if word.isdigit() else word for word in words] or True
+
+
+def uncertaintyOf(segmentation):
+    """The uncertainty volume node made with ``segmentation`` (segment with uncertainty), or None."""
+    return segmentation.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if segmentation is not None else None
 
 
 def viewSliceNode(viewName: str):
@@ -218,7 +251,6 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.ui.modelPathLineEdit.nameFilters = [_("Model files (*.pt)")]
         self.logic = HyperSpaceSegmentationLogic()
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
@@ -226,6 +258,7 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModels)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.show3DButton.connect("clicked(bool)", self.onShow3D)
@@ -299,7 +332,15 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                                             else _("Spacing x, y, z (mm):"))
         self._followView(viewName)
         self.ui.inputSpacingWidget.enabled = parameters.overrideInputSpacing
-        self.ui.modelPathLineEdit.enabled = not parameters.useEmbeddedModel
+        self.ui.modelFilesWidget.enabled = not parameters.useEmbeddedModel
+        for widgets, checked in (
+            ((self.ui.smallObjectSpinBox, self.ui.smallObjectClassesLineEdit), parameters.removeSmallObjects),
+            ((self.ui.largestComponentClassesLineEdit,), parameters.keepLargestComponent),
+            ((self.ui.fillHolesClassesLineEdit,), parameters.fillHoles),
+        ):
+            for widget in widgets:
+                widget.enabled = checked
+        self.showUncertainty()
         running = self._job is not None
         self.ui.applyButton.enabled = parameters.inputVolume is not None and not running
         self.ui.cancelButton.enabled = running
@@ -355,14 +396,21 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.ui.modelInfoLabel.text = _("Model details and estimates appear once PyTorch is installed (at Apply).")
             return
         arguments = segmentArguments(parameters)
+        models = arguments["model"]  # None: the embedded model; else one file, or several (an ensemble)
+        ensemble = _("Ensemble of {count} models: their probabilities are averaged, each model at its own spacing "
+                     "(the facts and estimate are the first model's).").format(count=len(models)) \
+            if models and len(models) > 1 else ""
         try:
-            facts = self.logic.model_facts(arguments["model"], arguments["mode"])
+            if models == []:
+                raise UserError(_("Add a model file (several make an ensemble), or check \"Embedded model\"."))
+            model = models[0] if models else None
+            facts = self.logic.model_facts(model, arguments["mode"])
             low, high = facts["spacing_range_mm"]
             self.ui.modelInfoLabel.text = " ".join(filter(None, [
                 _("Labels: {labels}. Trained on spacings {low:g}-{high:g} mm.").format(
                     labels=", ".join(f"{value} {name}" for value, name in facts["labels"].items() if value != "0"),
                     low=low, high=high),
-                modelDescription(facts)]))
+                modelDescription(facts), ensemble]))
             if parameters.inputVolume is None:
                 return
             viewName = parameters.segmentationMode.viewName()
@@ -373,7 +421,7 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                     return  # the Inputs section says why (showViewSlice)
             timed = arguments["max_seconds"] is not None  # chosen at run time: estimate the native spacing only
             estimate = self.logic.estimate(parameters.inputVolume, "native" if timed else arguments["spacing"],
-                                           arguments["model"], arguments["device"], arguments["max_voxels"],
+                                           model, arguments["device"], arguments["max_voxels"],
                                            arguments["input_spacing"], arguments["mode"], arguments["axis"],
                                            arguments["slice_index"])
             plane = f" ({' x '.join(estimate.axes)})" if arguments["mode"] == "2d" else ""  # the slice plane's axes
@@ -393,11 +441,27 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui.estimateLabel.text = text.format(
             grid=" x ".join(map(str, estimate.grid)), spacing=" x ".join(f"{s:.3g}" for s in estimate.spacing),
             axes=" x ".join(estimate.axes), voxels=estimate.voxels, memory=estimate.memory_mb,
-            available=estimate.available_mb, slices=estimate.slices)
+            available=estimate.available_mb, slices=estimate.slices) + (_(
+                " The ensemble runs each of its {count} models: about {count} times as long.").format(
+                count=len(models)) if ensemble else "")
         warnings = list(estimate.notes)
         if estimate.memory_mb > 0.9 * estimate.available_mb:
             warnings.append(_("This needs more memory than is free: choose a coarser spacing."))
         self.ui.spacingWarningLabel.text = "\n".join(warnings)
+
+    def onAddModels(self) -> None:
+        """Add model files chosen in a file dialog to the list (several: an ensemble) and use them."""
+        paths = qt.QFileDialog.getOpenFileNames(None, _("Add model files"), "", _("Model files (*.pt)"))
+        if paths:
+            self._parameterNode.modelFiles = "; ".join([*modelFileList(self._parameterNode.modelFiles), *paths])
+            self._parameterNode.useEmbeddedModel = False
+
+    def showUncertainty(self) -> None:
+        """Show the output's uncertainty map (if any) only above the chosen threshold; the slider follows it."""
+        uncertainty = uncertaintyOf(self._parameterNode.outputSegmentation)
+        self.ui.uncertaintyThresholdSlider.enabled = uncertainty is not None
+        if uncertainty is not None:
+            self.logic.show_uncertainty_above(uncertainty, self._parameterNode.uncertaintyThreshold)
 
     # running --------------------------------------------------------------------------------------
     def onApply(self) -> None:
@@ -494,18 +558,16 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.ui.disagreementLabel.text = _("{name}: slice with the #{rank} largest difference.").format(
                 name=name, rank=rank + 1)
 
-
     def onUncertain(self, rank: int) -> None:
         """Move the Red slice view to the slice of rank ``rank`` (0: the most uncertain) of the output's uncertainty."""
         with slicer.util.tryWithErrorDisplay(_("Failed to find the slice."), waitCursor=True):
-            segmentation = self._parameterNode.outputSegmentation
-            uncertainty = segmentation.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if segmentation else None
+            uncertainty = uncertaintyOf(self._parameterNode.outputSegmentation)
             if uncertainty is None:
                 raise UserError(_("Segment with \"Uncertainty map\" checked first."))
             sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
             self.logic.most_uncertain_slice(uncertainty, sliceNode, rank)
             self._uncertainRank = rank
-            self.ui.disagreementLabel.text = _("Slice with the #{rank} highest uncertainty.").format(rank=rank + 1)
+            self.ui.disagreementLabel.text = _("Region with the #{rank} highest uncertainty.").format(rank=rank + 1)
 
 
 def ensureDependencies(requirementsPath: str) -> None:

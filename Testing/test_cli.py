@@ -154,8 +154,8 @@ def test_segment_writes_seg_nrrd_on_the_input_grid_with_json_summary(image_file,
     assert code == 0, err
     summary = json.loads(out)
     assert summary["spacing_mm"][0] > 1.5  # auto coarsened to fit 4000 voxels
-    assert [s["name"].split()[0] for s in summary["stages"]] == ["load", "resample", "predict", "restore", "write"]
-    assert "[3/5] predict" in err  # one line per stage when stderr is not a terminal
+    assert [s["name"].split()[0] for s in summary["stages"]] == ["load", "resample", "predict", "restore", "labels", "write"]
+    assert "[3/6] predict" in err  # one line per stage when stderr is not a terminal
     segmentation = slicerio.read_segmentation(str(output))
     assert {s["name"] for s in segmentation["segments"]} <= {"shell", "core"}
     image = sitk.ReadImage(str(image_file))

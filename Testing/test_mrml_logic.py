@@ -131,7 +131,7 @@ def test_segment_command_prints_progress_lines(tmp_path, model_file, capsys):
     assert cli.main(["segment", str(tmp_path / "scan.nrrd"), "-o", str(tmp_path / "out.nrrd"), "--model",
                      str(model_file), "--device", "cpu", "--quiet", "--progress-lines"]) == 0
     events = [parse_progress_line(line) for line in capsys.readouterr().err.splitlines()]
-    assert all(events) and [e["stage"] for e in events if "seconds" in e] == [1, 2, 3, 4, 5]
+    assert all(events) and [e["stage"] for e in events if "seconds" in e] == [1, 2, 3, 4, 5, 6]
     predict = [e for e in events if e["name"].startswith("predict")]
     assert predict[-1]["done"] == predict[-1]["total"] >= 1
 

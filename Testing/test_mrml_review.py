@@ -1,5 +1,6 @@
 """The Slicer logic's review options on real MRML nodes (slicer-core, headless): test-time augmentation, the
-uncertainty volume node, postprocessing and ensembles passed to the engine, and the most uncertain slice."""
+uncertainty volume node and its display threshold, postprocessing (label values or class names) and ensembles
+passed to the engine, and the most uncertain slice."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from HyperSpaceSegmentationLib import cli
 from HyperSpaceSegmentationLib.errors import UserError
 from HyperSpaceSegmentationLib.io.images import ijk_to_lps
 from HyperSpaceSegmentationLib.io.model_file import save_model
+from HyperSpaceSegmentationLib.mrml_logic import postprocessing_words
 from test_mrml_logic import (  # noqa: F401 (fixtures)
     COLORS, LPS_TO_RAS, NAMES, labels_on_volume_grid, logic, model_file, scene, volume_node,
 )
@@ -102,6 +104,7 @@ def test_bad_review_options_are_one_line_user_errors_before_any_process(scene, l
         ({"postprocessing": {"remove_smaller_than": "big"}}, "MM3"),
         ({"postprocessing": {"largest_component": [3, 5]}}, "5 is not a foreground label"),
         ({"postprocessing": {"fill_holes": [3.5]}}, "whole numbers"),
+        ({"postprocessing": {"fill_holes": ["nucleus"]}}, "'nucleus' is not a class of the model; its classes are box, ball"),
         ({"postprocessing": ["fill_holes"]}, "give a dict"),
         ({"tta": [0, 3]}, "tta"),
         ({"tta": "all"}, "tta"),
@@ -143,3 +146,36 @@ def test_most_uncertain_slice_moves_the_slice_node(scene, logic):
         logic.most_uncertain_slice(node, slice_node, rank=20)
     with pytest.raises(UserError, match="select an uncertainty volume"):
         logic.most_uncertain_slice(None, slice_node)
+
+
+def test_postprocessing_classes_may_be_named():
+    words = postprocessing_words({"remove_smaller_than": (5, ["box"]), "fill_holes": ["Ball ", 3]}, NAMES)
+    assert words == ["--remove-smaller-than", "5.0", "3", "--fill-holes", "7", "3"]
+    with pytest.raises(UserError, match="'background' is not a class"):  # background is never postprocessed
+        postprocessing_words({"largest_component": ["background"]}, NAMES)
+
+
+def test_show_uncertainty_above_hides_the_voxels_below_the_threshold(scene, logic):
+    import slicer.util
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    values = np.linspace(0, 1, 24, dtype=np.float32).reshape(2, 3, 4)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "uncertainty")
+    slicer.util.updateVolumeFromArray(node, values)
+    assert node.GetDisplayNode() is None  # made when needed
+    for threshold in (0.5, 0.0, 0.8, 1):
+        logic.show_uncertainty_above(node, threshold)
+        display = node.GetDisplayNode()
+        assert display.GetApplyThreshold() == 1
+        assert (display.GetLowerThreshold(), display.GetUpperThreshold()) == (threshold, 1.0)
+        producer = display.GetOutputImageDataConnection().GetProducer()  # what the slice views draw: RGBA
+        producer.Update()
+        rgba = vtk_to_numpy(producer.GetOutputDataObject(0).GetPointData().GetScalars())
+        shown = (rgba[:, 3] > 0).reshape(values.shape)
+        np.testing.assert_array_equal(shown, values >= threshold)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeDisplayNode") == 1
+    for bad in (1.5, -0.1, True, "0.5", float("nan")):
+        with pytest.raises(UserError, match="give an uncertainty from 0 to 1"):
+            logic.show_uncertainty_above(node, bad)
+    with pytest.raises(UserError, match="select an uncertainty volume"):
+        logic.show_uncertainty_above(None, 0.5)

@@ -157,7 +157,7 @@ def test_segment_postprocesses_the_labels_before_writing_and_reports_it(oracle_c
     assert code == 0, err
     summary = json.loads(out)
     assert [s["name"] for s in summary["stages"]][-2:] == ["postprocess", "write"]
-    assert "[5/6] postprocess" in err
+    assert "[6/7] postprocess" in err
     assert summary["postprocessing"] == [
         {"operation": "remove_smaller_than", "labels": [7], "min_volume_mm3": 1000.0, "voxels_changed": {"7": 0}},
         {"operation": "largest_component", "labels": [3], "voxels_changed": {"3": 8}},

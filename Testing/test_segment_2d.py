@@ -385,8 +385,7 @@ def test_mismatched_models_modes_and_slices_are_one_line_errors(volume_file, ora
 def test_a_picture_output_for_a_volume_is_refused(volume_file, oracle_file, tmp_path, capsys):
     path, _ = volume_file
     for argv in (["--mode", "2d", "--slice", 3], []):
-        model = oracle_file if argv else Path(__file__).parent / "missing.pt"  # checked before the model is read
-        code, _, err = run(capsys, "segment", path, "-o", tmp_path / "mask.png", "--model", model, *argv)
+        code, _, err = run(capsys, "segment", path, "-o", tmp_path / "mask.png", "--model", oracle_file, *argv)
         assert_one_line_error(code, err, "mask.png", "one 2D picture", "volume format")
         assert not (tmp_path / "mask.png").exists()
 

@@ -311,3 +311,91 @@ def test_apply_segments_the_slice_the_view_shows(module, scene, monkeypatch):
     widget._parameterNode.sliceAxis = "I"
     widget.onApply()
     assert (calls[1][1]["mode"], calls[1][1]["axis"], calls[1][1]["slice_index"]) == ("2d", 0, None)
+
+
+def test_postprocessing_and_model_files_map_to_the_logic_arguments(module):
+    from HyperSpaceSegmentationLib.mrml_logic import postprocessing_words
+
+    assert module.classList("") is True and module.classList(" , ") is True  # every class
+    assert module.classList("3, white matter ,7") == [3, "white matter", 7]
+    assert module.modelFileList(" a.pt;b b.pt ; ") == ["a.pt", "b b.pt"]
+    plain = module.segmentArguments(settings(module))
+    assert plain["postprocessing"] is None and plain["model"] is None
+    chosen = module.segmentArguments(settings(
+        module, useEmbeddedModel=False, modelFiles="a.pt; b.pt", removeSmallObjects=True, smallObjectMm3=50.0,
+        smallObjectClasses="3", keepLargestComponent=True, fillHoles=True, fillHolesClasses="ball"))
+    assert chosen["model"] == ["a.pt", "b.pt"]  # an ensemble
+    assert chosen["postprocessing"] == {"remove_smaller_than": (50.0, [3]), "largest_component": True,
+                                        "fill_holes": ["ball"]}
+    assert postprocessing_words(chosen["postprocessing"], NAMES) == [  # what the logic passes to the engine
+        "--remove-smaller-than", "50.0", "3", "--largest-component", "--fill-holes", "7"]
+    unchecked = module.segmentArguments(settings(module, smallObjectClasses="3", fillHolesClasses="ball"))
+    assert unchecked["postprocessing"] is None  # class lists alone do nothing
+
+
+def test_review_panel_walks_disagreement_and_uncertainty_side_by_side():
+    review = next(w for w in UI.iter("widget") if w.get("name") == "reviewCollapsibleButton")
+    items = {w.get("name"): int(item.get("row")) for item in review.find("layout").findall("item")
+             for w in item.findall("widget")}
+    assert items["uncertainWidget"] == items["disagreementWidget"] + 1
+    texts = {w.get("name"): w.findtext("property[@name='text']/string") for w in review.iter("widget")}
+    assert (texts["largestDisagreementButton"], texts["mostUncertainButton"]) == (
+        "Go to largest disagreement", "Go to most uncertain region")
+    slider = widgets()["uncertaintyThresholdSlider"]
+    assert slider.get("class") == "ctkSliderWidget" and slider in set(review.iter("widget"))
+    assert [float(slider.findtext(f"property[@name='{p}']/double")) for p in ("minimum", "maximum")] == [0.0, 1.0]
+    output = next(w for w in UI.iter("widget") if w.get("name") == "outputCollapsibleButton")
+    bound = {w.findtext("property[@name='SlicerParameterName']/string") for w in output.iter("widget")}
+    assert {"removeSmallObjects", "smallObjectMm3", "smallObjectClasses", "keepLargestComponent",
+            "largestComponentClasses", "fillHoles", "fillHolesClasses"} <= bound
+
+
+def test_the_threshold_slider_shows_the_output_s_uncertainty_above_it(module, scene):
+    import types
+
+    import numpy as np
+    import slicer.util
+
+    uncertainty = slicer.util.addVolumeFromArray(np.linspace(0, 1, 24, dtype=np.float32).reshape(2, 3, 4))
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetNodeReferenceID(module.UNCERTAINTY_REFERENCE_ROLE, uncertainty.GetID())
+    widget = object.__new__(module.HyperSpaceSegmentationWidget)
+    widget.logic = module.HyperSpaceMRMLLogic()
+    widget.ui = types.SimpleNamespace(uncertaintyThresholdSlider=types.SimpleNamespace(enabled=None))
+    widget._parameterNode = settings(module, outputSegmentation=segmentation, uncertaintyThreshold=0.35)
+    widget.showUncertainty()
+    display = uncertainty.GetDisplayNode()
+    assert display.GetApplyThreshold() == 1 and (display.GetLowerThreshold(), display.GetUpperThreshold()) == (0.35, 1)
+    assert widget.ui.uncertaintyThresholdSlider.enabled is True
+    widget._parameterNode.outputSegmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")  # no map
+    widget.showUncertainty()
+    assert widget.ui.uncertaintyThresholdSlider.enabled is False
+
+
+def test_model_facts_and_estimate_show_an_ensemble(module, scene, model_file, tmp_path):
+    import types
+
+    from conftest import tiny_model
+    from HyperSpaceSegmentationLib.io.model_file import save_model
+
+    second = tiny_model(seed=1)
+    second.labels = NAMES
+    second_file = save_model(second, tmp_path / "second.pt")
+    widget = object.__new__(module.HyperSpaceSegmentationWidget)
+    widget.logic = module.HyperSpaceMRMLLogic()
+    widget.ui = types.SimpleNamespace(**{name: types.SimpleNamespace(text="") for name in (
+        "modelInfoLabel", "nativeSpacingLabel", "estimateLabel", "spacingWarningLabel")})
+    volume = volume_node(asymmetric_phantom(size=(20, 18, 14))[0])
+    shown = {}
+    for files in ([model_file], [model_file, second_file], []):
+        parameters = settings(module, inputVolume=volume, useEmbeddedModel=False,
+                              modelFiles="; ".join(map(str, files)), spacingMode=module.SpacingMode.ISOTROPIC)
+        widget._showModelAndEstimate(parameters)
+        shown[len(files)] = {name: label.text for name, label in vars(widget.ui).items()}
+    assert shown[1]["modelInfoLabel"].startswith("Labels: 3 box, 7 ball.") and "nsemble" not in str(shown[1])
+    assert shown[2]["modelInfoLabel"].startswith(shown[1]["modelInfoLabel"])  # the first model's facts
+    assert "Ensemble of 2 models" in shown[2]["modelInfoLabel"]
+    assert shown[2]["estimateLabel"].split(" (")[0] == shown[1]["estimateLabel"].split(" (")[0]  # memory free varies
+    assert shown[2]["estimateLabel"].endswith("about 2 times as long.") and shown[1]["estimateLabel"].startswith(
+        "Working grid 7 x 6 x 5 at 3 x 3 x 3 mm")
+    assert "Add a model file" in shown[0]["spacingWarningLabel"] and shown[0]["modelInfoLabel"] == ""

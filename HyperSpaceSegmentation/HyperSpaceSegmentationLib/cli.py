@@ -1,13 +1,15 @@
-"""The ``hyperspace`` command: segment, train, info, demo and evaluate without 3D Slicer.
+"""The ``hyperspace`` command: segment, train, info, demo, evaluate and export without 3D Slicer.
 
 Errors a user can fix print one line, ``hyperspace: error: ...``, and exit with code 2; outputs are written
-to a temporary file and renamed, so an interrupted or failed run leaves nothing half-written.
+to a temporary file and renamed, so an interrupted or failed run leaves nothing half-written. A batch of scans
+(``segment`` with several inputs) reports a failed case in one line, goes on with the others and exits with code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -48,15 +50,36 @@ def _parser() -> argparse.ArgumentParser:
     segment = commands.add_parser(
         "segment", help="segment an image with a model, at its native spacing or any other",
         description="Segment INPUT and write the labels on INPUT's own grid (size, spacing, origin, direction): as a "
-                    "whole with a 3D model, or slice by slice with a 2D model (--mode 2d).",
+                    "whole with a 3D model, or slice by slice with a 2D model (--mode 2d). Several inputs, a folder of "
+                    "images, a glob pattern or a CSV make a batch: the models are loaded once, the next scan is read "
+                    "while one is predicted, a failed case is reported and skipped (exit code 1), and a summary CSV "
+                    "is written at the end. Under torchrun the processes share the cases (one GPU each) and rank 0 "
+                    "writes the one summary; --shard does the same for the jobs of a job array.",
         epilog="Spacings per axis refer to the image axes after reorientation to the nearest L, P, S axes (with "
-               "--mode 2d: the slice plane's two, in that order; the summary's spacing_axes names them).",
+               "--mode 2d: the slice plane's two, in that order; the summary's spacing_axes names them). Memory "
+               "figures: peak resident memory (RSS) of this process, and the area under its memory-time curve in MB s "
+               "(memory_time_mb_s; sampled every 20 ms) as FLARE's efficiency measure, which FLARE takes of the GPU "
+               "memory: on CUDA, gpu_memory_time_mb_s is that of the GPU memory PyTorch allocates.",
     )
-    segment.add_argument("input", help="image file (.nrrd, .nii.gz, .mha, ...; 2D: .png, .jpg, .tif, .bmp) or a "
-                                       "DICOM series folder")
+    segment.add_argument("input", nargs="+",
+                         help="image file (.nrrd, .nii.gz, .mha, ...; 2D: .png, .jpg, .tif, .bmp) or a DICOM series "
+                              "folder; for a batch, several of them, a folder (its image files, else its DICOM series "
+                              "subfolders), a quoted glob pattern such as 'scans/*.nii.gz', or a CSV file with the "
+                              "columns id, image and optionally output (UTF-8, paths relative to the CSV)")
     segment.add_argument("-o", "--output", required=True,
                          help="output label image; the extension picks the format (.seg.nrrd: Slicer segmentation; "
-                              ".png, .tif, .bmp: 2D results only)")
+                              ".png, .tif, .bmp: 2D results only); for a batch, the output folder (created if "
+                              "missing), where each case's labels are named after it: ID plus --output-suffix")
+    segment.add_argument("--output-suffix", default=None, metavar="SUFFIX",
+                         help="batch: the end of each output's name after the case id (the input's name without its "
+                              "image extension, or the CSV's id), whose extension picks the format (default .seg.nrrd)")
+    segment.add_argument("--summary", default=None, metavar="FILE",
+                         help="batch: the summary CSV (id, input, output, status, spacing_mm, seconds, peak_memory_mb, "
+                              "memory_time_mb_s, gpu_memory_time_mb_s, error); default OUTPUT/summary.csv, with "
+                              "--shard OUTPUT/summary-shard-I-of-N.csv")
+    segment.add_argument("--shard", default=None, metavar="I/N",
+                         help="batch: segment only part I (1 to N) of N, for the jobs of a job array: case i (0-based, "
+                              "in the order listed) goes to part i %% N + 1; each part writes its own summary")
     segment.add_argument("--model", nargs="+", default=None, metavar="MODEL",
                          help=f"model file (default: the embedded {DEFAULT_MODEL.name}; with --mode 2d, "
                               f"{DEFAULT_MODEL_2D.name}); several: an ensemble, each model at its own spacing, their "
@@ -96,16 +119,22 @@ def _parser() -> argparse.ArgumentParser:
                               "after --remove-smaller-than, then --largest-component")
     segment.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     segment.add_argument("--patch", type=int, default=None,
-                         help="sliding-window size in voxels (default 128 in 3D, 512 in 2D)")
+                         help="sliding-window edge in voxels (default: the largest window, up to the whole working volume "
+                              "or slice, whose memory need fits --max-memory; overlapping windows only beyond that)")
+    segment.add_argument("--max-memory", type=float, default=None, metavar="MB",
+                         help="memory budget in MB for the network's windows and buffers (default: 80%% of the "
+                              "memory available on the device); larger windows are faster")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace OUTPUT if it exists (without it, an OUTPUT written meanwhile by another run is kept)")
     segment.add_argument("--probabilities", default=None, metavar="FILE",
                          help="also write the class probabilities on INPUT's grid: a vector image (.nrrd, .nii.gz, "
                               ".nii, .mha), one uint8 component per class (probability * 255), classes in the order "
-                              "of their sorted label values; the labels are their argmax")
+                              "of their sorted label values; the labels are their argmax (one INPUT only: not in a "
+                              "batch)")
     segment.add_argument("--uncertainty", default=None, metavar="FILE",
                          help="also write the normalised entropy of the class probabilities on INPUT's grid, -sum p "
-                              "log p / log(classes), from 0 (certain) to 1, as float32 (.nrrd, .nii.gz, .nii, .mha)")
+                              "log p / log(classes), from 0 (certain) to 1, as float32 (.nrrd, .nii.gz, .nii, .mha; "
+                              "one INPUT only: not in a batch)")
     segment.add_argument("--tta", nargs="*", type=int, default=None, metavar="AXIS",
                          help="test-time augmentation: average the probabilities over every combination of flips of "
                               "these axes (0 L-R, 1 P-A, 2 S-I; --mode 2d: the slice plane's two, 0 and 1, in L, P, S "
@@ -114,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--quiet", action="store_true", help="no progress output")
     segment.add_argument("--progress-lines", action="store_true",
                          help="also print machine-readable progress on stderr, one JSON event a line after "
-                              "'HYPERSPACE_PROGRESS ' (for programs such as the Slicer module)")
+                              "'HYPERSPACE_PROGRESS ' (for programs such as the Slicer module); in a batch each event "
+                              "also has case (1-based), cases and id")
 
     info = commands.add_parser("info", help="describe a model: labels, spacing range, dimensions, IFE, sizes",
                                description="Describe a model file (default: the embedded model).")
@@ -176,6 +206,28 @@ def _parser() -> argparse.ArgumentParser:
                             "(to extend), --workers, --checkpoint-every and --device may be given anew")
     train.add_argument("--overwrite", action="store_true", help="train again over an existing model.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    export = commands.add_parser(
+        "export", help="write the plain U-Net a model uses at one spacing as ONNX or TorchScript",
+        description="Write the U-Net that MODEL uses at one working spacing (HyperSpace: the one its hypernetwork "
+                    "generates for that spacing; FS, AS: their own) as ONNX (.onnx) or TorchScript (.pt), to run "
+                    "without this package, and next to it a JSON sidecar named OUTPUT.json (such as NET.onnx.json) "
+                    "with labels, spacing, input layout, normalisation, size divisor and the meaning of the output.",
+        epilog="ONNX needs the export extra: pip install hyperspace-segmentation[export]. Both take any batch size "
+               "and any spatial sizes that are multiples of the sidecar's size_divisor.",
+    )
+    export.add_argument("model", nargs="?", default=None,
+                        help=f"model file, or 'default' (default: the embedded {DEFAULT_MODEL.name})")
+    export.add_argument("-o", "--output", required=True, help="network file: .onnx (ONNX) or .pt (TorchScript)")
+    export.add_argument("--spacing", nargs="+", metavar="S",
+                        help="the working spacing the network is for, in mm: one value, or one per axis (SX SY SZ; "
+                             "2D models: SX SY of the slice plane); required except for FS models (default: their "
+                             "own)")
+    export.add_argument("--allow-extrapolation", action="store_true",
+                        help="keep a spacing outside the model's trained range instead of clamping it")
+    export.add_argument("--overwrite", action="store_true", help="replace OUTPUT and its sidecar if they exist")
+    export.add_argument("--quiet", action="store_true", help="no progress output")
+
     evaluate = commands.add_parser(
         "evaluate", help="score segmentations against references (Dice, HD95, ASSD, surface Dice, ...)",
         description="Score PREDICTION against REFERENCE per class, or a batch of cases with --paths-csv. Distances "
@@ -219,39 +271,40 @@ def _load(path: str | None, default: Path = DEFAULT_MODEL):
     return load_model(path or default)
 
 
-def _mode_and_model(args: argparse.Namespace, size: Sequence[int]):
-    """``(mode, model)`` for segmenting the input, an image of ``size`` voxels: ``--mode``, by default 2d for a 2D
-    image or a single-slice volume unless ``--model`` is a 3D model, else 3d; ``--model``, by default the embedded
-    model of the mode. A ``UserError`` for a model that does not fit the mode or the image, or for slices chosen
-    in 3d mode."""
+def _mode_and_model(args: argparse.Namespace, size: Sequence[int], name: str, load=_load):
+    """``(mode, model)`` for segmenting the input ``name``, an image of ``size`` voxels: ``--mode``, by default 2d for
+    a 2D image or a single-slice volume unless ``--model`` is a 3D model, else 3d; ``--model``, by default the
+    embedded model of the mode (read with ``load``). A ``UserError`` for a model that does not fit the mode or the
+    image, or for slices chosen in 3d mode."""
     planar = len(size) == 2 or 1 in size
-    path = args.model[0] if args.model else None  # an ensemble's first model (see _ensemble_member for the others)
-    model = _load(path) if path else None
+    path = args.model[0] if args.model else None  # an ensemble's first model (see ensemble_member for the others)
+    model = load(path) if path else None
     mode = args.mode or ("2d" if planar and (model is None or model.dim == 2) else "3d")
     if mode == "3d" and (args.axis is not None or args.slice is not None):
         raise UserError("--axis and --slice choose the slices of --mode 2d (slice by slice, with a 2D model): "
                         "add --mode 2d")
-    model = model or _load(None, DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL)
-    name = path or (DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL).name
+    model = model or load(None, DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL)
+    model_name = path or (DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL).name
     if mode == "2d" and model.dim == 3:
-        raise UserError(f"--mode 2d segments slice by slice with a 2D model, but {name} is a 3D model: pass a 2D model "
-                        "with --model, or drop --mode 2d")
+        raise UserError(f"--mode 2d segments slice by slice with a 2D model, but {model_name} is a 3D model: pass a 2D "
+                        "model with --model, or drop --mode 2d")
     if mode == "3d" and model.dim == 2:
         if planar:
-            raise UserError(f"--mode 3d needs a 3D model, but {name} is a 2D model: drop --mode 3d, or pass a 3D model")
-        raise UserError(f"{args.input} is a 3D image of {' x '.join(map(str, size))} voxels and {name} is a 2D model: "
+            raise UserError(f"--mode 3d needs a 3D model, but {model_name} is a 2D model: drop --mode 3d, or pass a 3D "
+                            "model")
+        raise UserError(f"{name} is a 3D image of {' x '.join(map(str, size))} voxels and {model_name} is a 2D model: "
                         "pass --mode 2d (slice by slice; --axis, --slice choose the slices) or use a 3D model")
     if mode == "3d" and len(size) == 2:
         drop = "--model" if path else "--mode 3d"
-        raise UserError(f"{args.input} is a 2D image, which a 3D model cannot segment: use a 2D model (the default "
+        raise UserError(f"{name} is a 2D image, which a 3D model cannot segment: use a 2D model (the default "
                         f"for 2D images: drop {drop})")
     return mode, model
 
 
-def _ensemble_member(path: str, first, first_path: str):
-    """Model ``path`` of an ensemble whose first model is ``first``, read from ``first_path``; a ``UserError``
-    unless both have the same dimensions and labels (values and names)."""
-    model = _load(path)
+def ensemble_member(path: str, first, first_path: str, load=_load):
+    """Model ``path`` of an ensemble whose first model is ``first``, read from ``first_path`` (with ``load``); a
+    ``UserError`` unless both have the same dimensions and labels (values and names)."""
+    model = load(path)
     if model.dim != first.dim:
         raise UserError(f"--model {first_path} is a {first.dim}D model but {path} is a {model.dim}D one: an ensemble's "
                         "models must have the same dimensions and labels")
@@ -262,53 +315,87 @@ def _ensemble_member(path: str, first, first_path: str):
     return model
 
 
-def run_segment(args: argparse.Namespace) -> int:
-    from .geometry import with_spacing
-    from .inference import (
-        Segmenter, Slices, SpacingRequest, labels_from_probabilities, normalised_entropy, parse_spacing,
-    )
-    from .io.images import (
-        check_image, check_map_output, check_not_an_input, check_output_path, check_picture_output, nonfinite_note,
-        picture_as_grey, picture_spacing_note, read_image, write_labels, write_probabilities, write_uncertainty,
-    )
-    from .postprocessing import postprocess, resolve_steps, steps_from_options
-    from .progress import Reporter
+class _Run:
+    """What every case of a run shares: the settings, checked once; the models, loaded once; and their segmenters,
+    built once per mode and slices, which keep the networks generated for each spacing."""
 
-    if not args.output.strip():
-        raise UserError("the output name is empty: give a file name such as labels.seg.nrrd with -o")
-    check_not_an_input(args.output, {"input image": args.input})
-    check_output_path(args.output, args.overwrite)
-    maps = {"--probabilities": args.probabilities, "--uncertainty": args.uncertainty}
-    for option, path in maps.items():
-        if path is not None:
-            others = {f"{other} output": p for other, p in maps.items() if other != option}
-            check_not_an_input(path, {"input image": args.input, "label output (-o)": args.output, **others})
-            check_map_output(path, args.overwrite, option)
-    steps = steps_from_options(args.remove_smaller_than, args.largest_component, args.fill_holes)
-    paths = args.model or [None]  # several: an ensemble
-    reporter = Reporter(stages=2 + 3 * len(paths) + bool(steps), quiet=args.quiet, progress_lines=args.progress_lines)
-    with reporter.stage("load model and image"):
-        image, colour_note = picture_as_grey(read_image(args.input), args.input)
-        scan = with_spacing(image, args.input_spacing, "--input-spacing") if args.input_spacing else image
-        check_image(scan, str(args.input))
-        check_picture_output(args.output, image, str(args.input))
-        mode, model = _mode_and_model(args, scan.GetSize())
-        models = [model] + [_ensemble_member(path, model, paths[0]) for path in paths[1:]]
-        steps = resolve_steps(steps, model.labels)
-        notes = [colour_note, None if args.input_spacing else picture_spacing_note(image, args.input),
-                 nonfinite_note(image)]
-        for note in filter(None, notes):
-            reporter.log(f"note: {note}")
+    def __init__(self, args: argparse.Namespace, device, world: int = 1) -> None:
+        import torch
+
+        from .inference import SpacingRequest, parse_spacing
+        from .postprocessing import steps_from_options
+
+        self.args, self.device = args, device
+        self.paths = args.model or [None]  # several: an ensemble
+        self.steps = steps_from_options(args.remove_smaller_than, args.largest_component, args.fill_holes)
+        self.stages = 3 + 3 * len(self.paths) + bool(self.steps)
         request = parse_spacing(args.spacing)
         if args.max_voxels is not None or args.max_seconds is not None:
             if request.mode != "auto":
                 raise UserError("--max-voxels and --max-seconds apply to --spacing auto: add --spacing auto")
-        request = SpacingRequest(request.mode, request.values, args.max_voxels, args.max_seconds,
-                                 args.allow_extrapolation)
+        self.request = SpacingRequest(request.mode, request.values, args.max_voxels, args.max_seconds,
+                                      args.allow_extrapolation)
+        if args.max_memory is not None and not 0 < args.max_memory < float("inf"):  # before any case of a batch
+            raise UserError(f"--max-memory {args.max_memory:g}: give a positive number of MB, such as 4000")
+        self._models: dict[str, object] = {}
+        self._segmenters: dict[tuple, list] = {}
+        for path in args.model or []:  # a missing or damaged model file fails the run, before any case
+            self.load(path)
+        if world > 1 and device.type == "cpu":  # processes on one machine share its cores
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+
+    def load(self, path: str | None, default: Path = DEFAULT_MODEL):
+        """The model of file ``path`` (``None``: ``default``), read once."""
+        key = path or str(default)
+        if key not in self._models:
+            self._models[key] = _load(path, default)
+        return self._models[key]
+
+    def segmenters(self, mode: str, models: list, slices) -> list:
+        """The segmenters of ``models`` (those of ``mode``) for ``slices``, built once."""
+        from .inference import Segmenter
+
+        key = (mode, slices)
+        if key not in self._segmenters:
+            args = self.args
+            self._segmenters[key] = [Segmenter(m, device=str(self.device), patch=args.patch, slices=slices,
+                                               tta=args.tta, max_memory_mb=args.max_memory) for m in models]
+        return self._segmenters[key]
+
+
+def _read_scan(path: str, input_spacing: Sequence[float] | None):
+    """``(image, scan, notes)``: the image of ``path`` (a colour picture as grey), the same with ``input_spacing``
+    when given, checked, and notes for the user. Safe to run in a background thread."""
+    from .geometry import with_spacing
+    from .io.images import check_image, nonfinite_note, picture_as_grey, picture_spacing_note, read_image
+
+    image, colour_note = picture_as_grey(read_image(path), path)
+    scan = with_spacing(image, input_spacing, "--input-spacing") if input_spacing else image
+    check_image(scan, str(path))
+    notes = [colour_note, None if input_spacing else picture_spacing_note(image, path), nonfinite_note(image)]
+    return image, scan, [note for note in notes if note]
+
+
+def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporter, maps: dict[str, str | None]) -> dict:
+    """Segment one case, the image ``name`` that ``read()`` returns (see ``_read_scan``), into ``output`` (and the
+    maps of ``maps``: ``{option: file or None}``); the summary that ``--json`` prints."""
+    from .inference import Slices, labels_from_probabilities, normalised_entropy
+    from .io.images import check_picture_output, write_labels, write_probabilities, write_uncertainty
+    from .postprocessing import postprocess, resolve_steps
+
+    args, paths = run.args, run.paths
+    with reporter.stage("load model and image"):
+        image, scan, notes = read()
+        check_picture_output(output, image, name)
+        mode, model = _mode_and_model(args, scan.GetSize(), name, run.load)
+        models = [model] + [ensemble_member(path, model, paths[0], run.load) for path in paths[1:]]
+        steps = resolve_steps(run.steps, model.labels)
+        for note in notes:
+            reporter.log(f"note: {note}")
         slices = Slices(args.axis, args.slice).resolved(scan) if mode == "2d" else Slices()
-        segmenters = [Segmenter(m, device=args.device, patch=args.patch, slices=slices, tta=args.tta) for m in models]
+        segmenters = run.segmenters(mode, models, slices)
         segmenter, view = segmenters[0], segmenters[0].view(scan)
-        choices = [s.choose_spacing(scan, request) for s in segmenters]  # each model at its own spacing
+        choices = [s.choose_spacing(scan, run.request) for s in segmenters]  # each model at its own spacing
         memory = max(s.check_memory(scan, choice.spacing) for s, choice in zip(segmenters, choices))
     spacing_notes = [note for choice in choices for note in choice.notes]
     for note in spacing_notes:
@@ -324,35 +411,176 @@ def run_segment(args: argparse.Namespace) -> int:
     probabilities = segmenter.probabilities(scan, choices[0].spacing, reporter)
     for other, choice in zip(segmenters[1:], choices[1:]):  # an ensemble's mean, on the input grid
         probabilities += other.probabilities(scan, choice.spacing, reporter)
-    probabilities /= len(segmenters)
-    # on the input's own header, whatever spacing was used for the work
-    labels = labels_from_probabilities(probabilities, sorted(model.labels), image)
+    with reporter.stage("labels"):
+        probabilities /= len(segmenters)
+        # on the input's own header, whatever spacing was used for the work
+        labels = labels_from_probabilities(probabilities, sorted(model.labels), image)
     applied = []
     if steps:
         with reporter.stage("postprocess"):
             labels, applied = postprocess(labels, steps)
     with reporter.stage("write"):
-        write_labels(labels, args.output, model.labels, model.colors, overwrite=args.overwrite)
-        if args.probabilities is not None:
-            write_probabilities(probabilities, image, args.probabilities, overwrite=args.overwrite)
-        if args.uncertainty is not None:
-            write_uncertainty(normalised_entropy(probabilities), image, args.uncertainty, overwrite=args.overwrite)
+        write_labels(labels, output, model.labels, model.colors, overwrite=args.overwrite)
+        if maps["--probabilities"] is not None:
+            write_probabilities(probabilities, image, maps["--probabilities"], overwrite=args.overwrite)
+        if maps["--uncertainty"] is not None:
+            write_uncertainty(normalised_entropy(probabilities), image, maps["--uncertainty"], overwrite=args.overwrite)
     summary = {
-        "input": str(args.input), "output": str(args.output), "mode": mode, "spacing_mm": list(choices[0].spacing),
+        "input": str(name), "output": str(output), "mode": mode, "spacing_mm": list(choices[0].spacing),
         "native_spacing_mm": list(view.spacing), "spacing_axes": view.axes, "method": model.method,
         "device": segmenter.device.type, "notes": spacing_notes, "postprocessing": applied,
         "models": [{"model": path, "spacing_mm": list(choice.spacing)} for path, choice in zip(paths, choices)],
-        "probabilities": args.probabilities, "uncertainty": args.uncertainty, "tta_predictions": len(segmenter.flips),
+        "probabilities": maps["--probabilities"], "uncertainty": maps["--uncertainty"],
+        "tta_predictions": len(segmenter.flips), **_memory_time(reporter.records),
         "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),
-                    "peak_gpu_memory_mb": r.peak_gpu_memory_mb} for r in reporter.records],
+                    "peak_gpu_memory_mb": r.peak_gpu_memory_mb, **_memory_time([r])} for r in reporter.records],
     }
     if mode == "2d":
         summary.update(axis=slices.axis, slice=slices.index, slices=view.slices)
+    return summary
+
+
+def _memory_time(records) -> dict:
+    """The area under the memory-time curve of ``records`` (stages), resident and GPU (``None`` off CUDA), MB s."""
+    gpu = [r.gpu_memory_time_mb_s for r in records if r.gpu_memory_time_mb_s is not None]
+    return {"memory_time_mb_s": round(sum(r.memory_time_mb_s for r in records), 1) if records else None,
+            "gpu_memory_time_mb_s": round(sum(gpu), 1) if gpu else None}
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """Segment one image into the file ``-o``, or a batch of cases into the folder ``-o``."""
+    from .inference.cases import collect_cases, process_rank
+    from .system import resolve_device
+
+    if not args.output.strip():
+        raise UserError("the output name is empty: give a file name such as labels.seg.nrrd with -o (a folder for a "
+                        "batch)")
+    cases, batch = collect_cases(args.input)
+    rank, world, local_rank = process_rank()
+    device = resolve_device(args.device, local_rank)
+    if batch or world > 1 or args.shard is not None:
+        return _segment_batch(args, cases, device, rank, world)
+    if args.summary is not None or args.output_suffix is not None:
+        raise UserError("--summary and --output-suffix apply to a batch (several inputs, a folder, a glob pattern or "
+                        "a CSV): for one INPUT, -o names the output file")
+    return _segment_single(args, cases[0].image, device)
+
+
+def _segment_single(args: argparse.Namespace, name: str, device) -> int:
+    """Segment the one image ``name`` into ``-o``; a ``UserError`` (exit code 2) for any problem."""
+    from .io.images import check_map_output, check_not_an_input, check_output_path
+    from .progress import Reporter
+
+    check_not_an_input(args.output, {"input image": name})
+    check_output_path(args.output, args.overwrite)
+    maps = {"--probabilities": args.probabilities, "--uncertainty": args.uncertainty}
+    for option, path in maps.items():
+        if path is not None:
+            others = {f"{other} output": p for other, p in maps.items() if other != option}
+            check_not_an_input(path, {"input image": name, "label output (-o)": args.output, **others})
+            check_map_output(path, args.overwrite, option)
+    run = _Run(args, device)
+    reporter = Reporter(stages=run.stages, quiet=args.quiet, progress_lines=args.progress_lines, device=device)
+    summary = _segment_case(run, name, args.output, lambda: _read_scan(name, args.input_spacing), reporter, maps)
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:
         print(f"wrote {args.output} ({sum(r.seconds for r in reporter.records):.1f} s)")
     return 0
+
+
+def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, world: int) -> int:
+    """Segment this process's share of ``cases`` into the folder ``-o`` and write the summary CSV (rank 0 of a
+    ``torchrun`` group: the one of every process); exit code 1 if a case of this process failed."""
+    from .inference.cases import (
+        check_output_suffix, close_group, gather, parse_shard, plan_outputs, share, write_summary,
+    )
+    from .io.images import check_not_an_input, check_writable, output_folder
+
+    if args.probabilities is not None or args.uncertainty is not None:
+        raise UserError("--probabilities and --uncertainty name one file each, for one INPUT: segment the scans to "
+                        "review one at a time with them")
+    suffix = args.output_suffix or ".seg.nrrd"
+    check_output_suffix(suffix)
+    if args.shard is not None and world > 1:
+        raise UserError("--shard splits the cases among separate jobs, but under torchrun the processes share them "
+                        "already: drop --shard")
+    part, parts = parse_shard(args.shard) if args.shard is not None else (rank + 1, world)
+    mine = share(cases, part - 1, parts)
+    with output_folder(args.output, "-o") as folder:  # removed again if the run fails before any case
+        default = f"summary-shard-{part}-of-{parts}.csv" if args.shard is not None else "summary.csv"
+        summary = Path(args.summary) if args.summary else folder / default
+        problem = None
+        try:  # every output checked before any work
+            outputs = plan_outputs(mine, cases, folder, suffix, args.overwrite)
+            if rank == 0:
+                if summary.suffix.lower() != ".csv":
+                    raise UserError(f"--summary {summary}: the summary is a CSV file; give a name ending in .csv")
+                check_not_an_input(summary, {**{f"input of case {c.id}": c.image for c in cases},
+                                             **{f"output of case {c.id}": o for c, o in zip(mine, outputs)}})
+                check_writable(summary, args.overwrite)
+        except UserError as error:
+            problem = str(error)
+        problems = [p for p in gather(problem, world) if p]  # under torchrun: every process stops, or none
+        if problems:
+            close_group()
+            raise UserError(problems[0])
+        rows = _segment_cases(args, _Run(args, device, world), mine, outputs, len(cases))
+        every = sorted((row for rows_of in gather(rows, world) for row in rows_of), key=lambda row: row["index"])
+        if rank == 0:
+            write_summary(every, summary, args.overwrite)
+        gather(None, world)  # every process ends after the summary is written (torchrun stops all when one fails)
+        close_group()
+    failed = sum(row["status"] == "failed" for row in rows)
+    if args.json:
+        print(json.dumps({"summary": str(summary) if rank == 0 else None,
+                          "cases": [{k: v for k, v in row.items() if k != "index"} for row in rows]}, indent=2))
+    elif not args.quiet:
+        where = f"; summary: {summary}" if rank == 0 else ""
+        print(f"segmented {len(rows) - failed} of {len(rows)} cases into {folder}"
+              + (f" ({failed} failed)" if failed else "") + where)
+    return 1 if failed else 0
+
+
+def _segment_cases(args: argparse.Namespace, run: _Run, cases: list, outputs: list[Path], total: int) -> list[dict]:
+    """Segment ``cases`` one after the other into ``outputs``, reading each next case in a background thread while
+    one is predicted; a case that fails is reported in one line on stderr and skipped. One summary row per case."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .inference.cases import error_line
+    from .progress import CasePosition, CaseProgress, Reporter
+
+    progress = CaseProgress(len(cases), quiet=args.quiet)
+    maps = {"--probabilities": None, "--uncertainty": None}
+    rows = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reads = [pool.submit(_read_scan, cases[0].image, args.input_spacing)] if cases else []
+        for number, (case, output) in enumerate(zip(cases, outputs), 1):
+            if number < len(cases):  # read the next case while this one is predicted
+                reads.append(pool.submit(_read_scan, cases[number].image, args.input_spacing))
+            position = CasePosition(number, len(cases), case.id)
+            progress.start(position)
+            reporter = Reporter(stages=run.stages, quiet=args.quiet or progress.bar is not None,
+                                progress_lines=args.progress_lines, device=run.device, case=position,
+                                on_stage=progress.stage)
+            start = time.perf_counter()
+            row = {"index": case.index, "id": case.id, "input": case.image, "output": str(output), "status": "done",
+                   "spacing_mm": None, "error": None}
+            try:
+                row["spacing_mm"] = _segment_case(run, case.image, output, reads[number - 1].result, reporter,
+                                                  maps)["spacing_mm"]
+            except (UserError, RuntimeError, MemoryError, OSError) as error:
+                row.update(output=None, status="failed", error=error_line(error))
+                progress.error(f"hyperspace: case {case.id} ({case.index + 1} of {total}) failed: {row['error']}")
+            reads[number - 1] = None  # the image is no longer needed
+            records = reporter.records  # the stages that ran to their end
+            row.update(seconds=round(time.perf_counter() - start, 3),
+                       peak_memory_mb=round(max(r.peak_memory_mb for r in records), 1) if records else None,
+                       **_memory_time(records))
+            progress.finish(position, row["status"], row["seconds"])
+            rows.append(row)
+    progress.close()
+    return rows
 
 
 def describe(model, path: Path) -> dict:
@@ -513,7 +741,28 @@ def _print_case(row: dict, classes: list[str], metrics: list[str]) -> None:
         print(f"{name:<{width}}  " + "  ".join(f"{row[f'{name}_{m}']:>12.4g}" for m in metrics))
 
 
-COMMANDS = {"segment": run_segment, "info": run_info, "demo": run_demo, "train": run_train, "evaluate": run_evaluate}
+def run_export(args: argparse.Namespace) -> int:
+    from .export import check_export_output, choose_network, sidecar_path, write_network
+
+    embedded = args.model in (None, "default")
+    model_path = DEFAULT_MODEL if embedded else Path(args.model)
+    fmt = check_export_output(args.output, args.overwrite, model_path)  # before the model is read
+    model = _load(None if embedded else args.model)
+    choice, network = choose_network(model, args.spacing, args.allow_extrapolation)
+    for note in choice.notes:
+        print(f"note: {note}", file=sys.stderr)
+    spacing = " x ".join(f"{s:g}" for s in choice.spacing) + " mm"
+    if not args.quiet:
+        what = "ONNX (a minute or more)" if fmt == "onnx" else "TorchScript"
+        print(f"exporting the network for {spacing} as {what}", file=sys.stderr)
+    write_network(model, model_path, choice, network, args.output, args.overwrite)
+    if not args.quiet:
+        print(f"wrote {args.output} and {sidecar_path(args.output)} (the network for {spacing})")
+    return 0
+
+
+COMMANDS = {"segment": run_segment, "info": run_info, "demo": run_demo, "train": run_train, "evaluate": run_evaluate,
+            "export": run_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

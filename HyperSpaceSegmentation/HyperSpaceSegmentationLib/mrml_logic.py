@@ -12,6 +12,7 @@ functions, so that this file imports without Slicer, and in Slicer before the mo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -224,19 +225,24 @@ class HyperSpaceMRMLLogic:
         self._grids: dict[tuple, Any] = {}
 
     def segment_folder(self, inputFolder: str | os.PathLike, outputFolder: str | os.PathLike,
-                       spacing: str | float | Sequence[float | str] = "native", model: str | os.PathLike | None = None,
+                       spacing: str | float | Sequence[float | str] = "native",
+                       model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                        device: str = "auto", referenceFolder: str | os.PathLike | None = None, tolerance: float = 1.0,
-                       overwrite: bool = False, log: Any = print) -> BatchResult:
+                       overwrite: bool = False, log: Any = print, tta: bool | Sequence[int] | None = None,
+                       uncertainty: bool = False, postprocessing: dict | None = None) -> BatchResult:
         """Segment every volume file of ``inputFolder`` (read with Slicer's storage node) into
-        ``outputFolder/CASE.seg.nrrd``. With ``referenceFolder`` (a segmentation or label map per case, same case
-        name), score the results into one MIST ``results.csv`` in ``outputFolder`` with the engine's evaluation. A
-        case that fails is reported through ``log`` and skipped; the scene is left as it was."""
+        ``outputFolder/CASE.seg.nrrd`` with ``segment``'s options (``model`` a list of files: an ensemble; ``tta``,
+        ``postprocessing``); with ``uncertainty``, also ``CASE_uncertainty.nrrd`` (0 to 1, on the case's grid).
+        Every option is checked before any work. With ``referenceFolder`` (a segmentation or label map per case,
+        same case name), score the results into one MIST ``results.csv`` in ``outputFolder`` with the engine's
+        evaluation. A case that fails is reported through ``log`` and skipped; the scene is left as it was."""
         from .evaluation import DEFAULT_METRICS, evaluate_batch, write_results_csv
         from .io.images import check_output_path, check_writable
 
         _spacing_words(spacing, None, None)  # settings checked before any work
-        if model is not None and not Path(model).is_file():
-            raise UserError(f"model file {model} does not exist: pick an existing model file, or None for the embedded one")
+        options = {"model": _model_paths(model), "tta": tta, "uncertainty": uncertainty,
+                   "postprocessing": postprocessing}
+        self._review_words(options["model"], "3d", tta, postprocessing)
         inputs = _case_files(inputFolder, VOLUME_SUFFIXES)
         references = _case_files(referenceFolder, SEGMENTATION_SUFFIXES) if referenceFolder is not None else {}
         output = Path(outputFolder)
@@ -247,15 +253,17 @@ class HyperSpaceMRMLLogic:
         result, cases = BatchResult(), []
         for case, path in inputs.items():
             target = output / f"{case}.seg.nrrd"
+            targets = [target, *([output / f"{case}_uncertainty.nrrd"] if uncertainty else [])]
             try:
-                check_output_path(target, overwrite)
-                self._segment_file(case, path, target, spacing, model, device, overwrite)
+                for written in targets:
+                    check_output_path(written, overwrite)
+                self._segment_file(case, path, targets, spacing, device, overwrite, options)
             except (UserError, RuntimeError, OSError) as error:
                 result.failed[case] = str(error)
                 log(f"{case}: failed, skipped: {error}")
                 continue
             result.done.append(case)
-            log(f"{case}: wrote {target}")
+            log(f"{case}: wrote {', '.join(map(str, targets))}")
             if case in references:
                 cases.append({"id": case, "mask": str(references[case]), "prediction": str(target)})
             elif referenceFolder is not None:
@@ -269,9 +277,10 @@ class HyperSpaceMRMLLogic:
             log(f"wrote {results_csv}")
         return result
 
-    def _segment_file(self, case: str, path: Path, target: Path, spacing: Any, model: Any, device: str,
-                      overwrite: bool) -> None:
-        """Read one volume file into the scene, segment it, write the segmentation, and remove both nodes."""
+    def _segment_file(self, case: str, path: Path, targets: Sequence[Path], spacing: Any, device: str,
+                      overwrite: bool, options: dict) -> None:
+        """Read one volume file into the scene, segment it with ``segment``'s ``options``, write the segmentation
+        (and the uncertainty volume, when asked) to ``targets``, all or none, and remove the nodes again."""
         import SimpleITK as sitk
         import slicer
 
@@ -285,21 +294,23 @@ class HyperSpaceMRMLLogic:
             raise UserError(f"{path.name} is not a readable image file") from None
         scene = slicer.mrmlScene
         volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(case))
-        segmentation = None
+        nodes = []
         try:
             storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
             storage.SetFileName(str(path))
             storage.SetSingleFile(True)  # not a numbered series with the folder's other files
             if not storage.ReadData(volume):
                 raise UserError(f"{path.name} could not be read as a volume")
-            segmentation = self.segment(volume, spacing, model=model, device=device)
-            writer = slicer.vtkMRMLSegmentationStorageNode()
-            with atomic_output(target, overwrite) as temporary:  # never a half-written file at the target
-                writer.SetFileName(str(temporary))
-                if not writer.WriteData(segmentation):
-                    raise UserError(f"{target} could not be written: check the free space of its folder")
+            segmentation = self.segment(volume, spacing, device=device, **options)
+            nodes = [segmentation, segmentation.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE)]  # None without a map
+            writers = [slicer.vtkMRMLSegmentationStorageNode(), slicer.vtkMRMLVolumeArchetypeStorageNode()]
+            with contextlib.ExitStack() as outputs:  # never a half-written file at a target
+                for node, writer, target in zip(nodes, writers, targets):
+                    writer.SetFileName(str(outputs.enter_context(atomic_output(target, overwrite))))
+                    if not writer.WriteData(node):
+                        raise UserError(f"{target} could not be written: check the free space of its folder")
         finally:
-            for node in (segmentation, volume):
+            for node in (*nodes, volume):
                 if node is not None:
                     scene.RemoveNode(node)
 
@@ -365,8 +376,8 @@ class HyperSpaceMRMLLogic:
         return self._grids[key]
 
     def segment(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
-                model: str | os.PathLike | None = None, device: str = "auto", wait: bool = True,
-                max_voxels: float | None = None, max_seconds: float | None = None,
+                model: str | os.PathLike | Sequence[str | os.PathLike] | None = None, device: str = "auto",
+                wait: bool = True, max_voxels: float | None = None, max_seconds: float | None = None,
                 input_spacing: Sequence[float] | None = None, mode: str = "3d", axis: int = 2,
                 slice_index: int | None = None, tta: bool | Sequence[int] | None = None, uncertainty: bool = False,
                 postprocessing: dict | None = None) -> Any:
@@ -393,11 +404,7 @@ class HyperSpaceMRMLLogic:
         words = _spacing_words(spacing, max_voxels, max_seconds)  # the command line's own checks, before any work
         mode_words = _mode_words(mode, axis, slice_index, volumeNode.GetImageData().GetDimensions())
         models = _model_paths(model)
-        extra = _tta_words(tta, mode)
-        if postprocessing:
-            extra += postprocessing_words(postprocessing, self._model(models[0] if models else None, mode).labels)
-        elif postprocessing is not None and not isinstance(postprocessing, dict):
-            raise UserError(f"postprocessing {postprocessing!r}: give a dict such as {{\"largest_component\": True}}")
+        extra = self._review_words(models, mode, tta, postprocessing)
         folder = tempfile.mkdtemp(prefix="hyperspace-")
         try:
             source, output = os.path.join(folder, "input.nrrd"), os.path.join(folder, "result.seg.nrrd")
@@ -423,6 +430,40 @@ class HyperSpaceMRMLLogic:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return job.wait() if wait else job
+
+    def _review_words(self, models: Sequence[Path], mode: str, tta: Any, postprocessing: dict | None) -> list[str]:
+        """``segment``'s ``tta`` and ``postprocessing`` as the command line's words, checked with the ensemble
+        ``models`` before any process starts: one-line ``UserError``s, and an ensemble's models must have the first
+        one's dimensions and labels (the command line's own rule)."""
+        from .cli import ensemble_member
+
+        words = _tta_words(tta, mode)
+        if postprocessing is not None and not isinstance(postprocessing, dict):
+            raise UserError(f"postprocessing {postprocessing!r}: give a dict such as {{\"largest_component\": True}}")
+        if len(models) > 1 or postprocessing:
+            first = self._model(models[0] if models else None, mode)
+            for path in models[1:]:
+                ensemble_member(str(path), first, str(models[0]))
+            if postprocessing:
+                words += postprocessing_words(postprocessing, first.labels)
+        return words
+
+    def show_uncertainty_above(self, uncertaintyNode: Any, threshold: float) -> None:
+        """Show only the voxels of ``uncertaintyNode`` (a scalar volume of 0 to 1, such as ``segment``'s
+        uncertainty) whose value is ``threshold`` (0 to 1) or more: its display node's threshold becomes
+        ``threshold`` to 1, so the other voxels are transparent over the input."""
+        if (uncertaintyNode is None or not uncertaintyNode.IsA("vtkMRMLScalarVolumeNode")
+                or uncertaintyNode.GetImageData() is None):
+            raise UserError("select an uncertainty volume node (segment with uncertainty=True)")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+                or not 0 <= threshold <= 1:
+            raise UserError(f"threshold {threshold!r}: give an uncertainty from 0 to 1")
+        if uncertaintyNode.GetDisplayNode() is None:
+            uncertaintyNode.CreateDefaultDisplayNodes()
+        display = uncertaintyNode.GetDisplayNode()
+        display.SetLowerThreshold(float(threshold))
+        display.SetUpperThreshold(1.0)
+        display.SetApplyThreshold(1)
 
     def slice_in_view(self, volumeNode: Any, sliceNode: Any) -> tuple[int, int]:
         """The volume's IJK axis (0, 1, 2) across which the slice view ``sliceNode`` cuts it, and the index of the
@@ -657,7 +698,8 @@ def postprocessing_words(postprocessing: dict, model_labels: dict | None = None)
     ``model_labels``, its labels checked against the model's. A dict with any of: ``"remove_smaller_than"``: MM3
     (every class), ``(MM3, labels)``, or a list of such pairs (``--remove-smaller-than MM3 LABEL ...``, once per
     pair); ``"largest_component"`` and ``"fill_holes"``: True (every class) or a sequence of label values
-    (``--largest-component LABEL ...``, ``--fill-holes LABEL ...``); None or False leave a step out."""
+    (``--largest-component LABEL ...``, ``--fill-holes LABEL ...``); None or False leave a step out. A label may
+    also be a class name of the model (any case), which needs ``model_labels``."""
     from .postprocessing import resolve_steps, steps_from_options
 
     if not isinstance(postprocessing, dict):
@@ -671,12 +713,20 @@ def postprocessing_words(postprocessing: dict, model_labels: dict | None = None)
             raise UserError(f"postprocessing {what} {value!r}: give a number")
         return float(value)
 
+    def named(name: str, key: str) -> float:
+        values = [v for v, n in (model_labels or {}).items() if v != 0 and n.casefold() == name.strip().casefold()]
+        if not values:
+            known = ", ".join(n for v, n in sorted((model_labels or {}).items()) if v != 0) or "unknown without a model"
+            raise UserError(f"postprocessing {key} {name!r} is not a class of the model; its classes are {known}")
+        return float(values[0])
+
     def labels(value: Any, key: str) -> list[float]:
         if value is True:
             return []
         if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
-            raise UserError(f"postprocessing {key} {value!r}: give True (every class) or a list of label values")
-        return [number(v, f"{key} label") for v in value]
+            raise UserError(f"postprocessing {key} {value!r}: give True (every class) or a list of label values "
+                            "or class names")
+        return [named(v, key) if isinstance(v, str) else number(v, f"{key} label") for v in value]
 
     removals = []
     value = postprocessing.get("remove_smaller_than")

@@ -49,7 +49,7 @@ def count_windows(shape: Sequence[int], patch: Sequence[int], overlap: float) ->
     return math.prod(len(window_starts(max(s, p), p, overlap)) for s, p in zip(shape, patch))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_probabilities(
     images: torch.Tensor,
     network: nn.Module,
