@@ -65,7 +65,7 @@ def predict_probabilities(
     The batch goes through each window position together: one network call per window, after which
     ``update(1)`` is called. ``patch`` must already fit the network (see ``patch_size_for``); images smaller than
     one patch are padded with ``outside`` (the normalised intensity beyond a scan, as in training), and the
-    blended probabilities are divided by the summed window weights.
+    blended probabilities are divided by the summed window weights (one window: its probabilities, unweighted).
     """
     shape = images.shape[2:]
     padded = [max(s, p) for s, p in zip(shape, patch)]
@@ -73,11 +73,16 @@ def predict_probabilities(
     for s, p in zip(reversed(shape), reversed(padded)):
         pad += [0, p - s]
     source = F.pad(images, pad, value=outside) if any(pad) else images
+    starts = [window_starts(s, p, overlap) for s, p in zip(padded, patch)]
+    every = (slice(None), slice(None))  # every image of the batch, every channel
+    if all(len(s) == 1 for s in starts):  # one window: nothing to blend
+        probabilities = torch.softmax(network(source).float(), dim=1)
+        if update:
+            update(1)
+        return probabilities[(*every, *(slice(0, s) for s in shape))]
     importance = gaussian_importance(patch).to(images.device)
     probabilities = torch.zeros((images.shape[0], num_classes, *padded), device=images.device)
     weight_sum = torch.zeros(padded, device=images.device)
-    starts = [window_starts(s, p, overlap) for s, p in zip(padded, patch)]
-    every = (slice(None), slice(None))  # every image of the batch, every channel
     for corner in itertools.product(*starts):
         region = tuple(slice(c, c + p) for c, p in zip(corner, patch))
         logits = network(source[(*every, *region)])
