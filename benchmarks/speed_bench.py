@@ -89,10 +89,41 @@ def _synchronised(network, x, device):
     return result
 
 
+def profile(network: torch.nn.Module, x: torch.Tensor) -> None:
+    """Where one pass of ``network`` over ``x`` spends its time: per operator, and per convolution layer with its
+    multiply-adds per voxel of the input grid and its rate."""
+    layers = []
+
+    def hook(module, inputs, output):
+        layers.append((module, inputs[0].shape, output.numel() * module.weight[0].numel()))
+
+    hooks = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as trace:
+        network(x)
+    for handle in hooks:
+        handle.remove()
+    events = sorted(trace.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    whole = sum(e.self_cpu_time_total for e in events)
+    print("\n| operator | share of the pass | seconds |\n|---|---|---|")
+    for event in events[:8]:
+        print(f"| {event.key} | {event.self_cpu_time_total / whole:.2f} | {event.self_cpu_time_total / 1e6:.2f} |")
+    print("\n| convolution (in -> out channels, grid) | multiply-adds per voxel | seconds | GFLOP/s |\n|---|---|---|---|")
+    voxels = math.prod(x.shape[2:])
+    for module, shape, macs in layers:
+        block = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode():
+            seconds = best_seconds(lambda: module(block), repeats=1)
+        print(f"| {shape[1]} -> {module.out_channels}, {'x'.join(map(str, shape[2:]))} | {macs / voxels:,.0f} | "
+              f"{seconds:.2f} | {2 * macs / seconds / 1e9:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-windows", action="store_true", help="skip the slow --patch 128 runs")
+    parser.add_argument("--profile", action="store_true",
+                        help="only steps 1-3, then where the channels-last pass spends its time, per operator and per "
+                             "convolution layer")
     args = parser.parse_args()
     device = torch.device(args.device)
     t1, tissue = tissue_map()
@@ -116,6 +147,9 @@ def main() -> None:
     for name, seconds in (("default memory order", plain), ("channels-last", fast)):
         print(f"3. the network alone over the whole grid, {name}: {seconds:.2f} s, {2 * total / seconds / 1e9:.1f} "
               f"GFLOP/s ({seconds / limit:.1f}x the limit)")
+    if args.profile:
+        profile(network, x)
+        return
 
     low, high = VALIDATION_BAND
     reference = sitk.GetArrayFromImage(tissue)
