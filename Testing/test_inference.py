@@ -345,3 +345,17 @@ def test_a_memory_budget_below_the_smallest_window_is_refused_with_a_coarser_spa
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
         assert not (tmp_path / f"out{budget}.nrrd").exists()
+
+
+def test_a_small_image_is_padded_to_a_training_patch_so_normalisation_sees_background_around_it():
+    """A crop inside an organ must not fill the network's whole field: windows are never smaller than the patches
+    the model was trained on (what lies outside pads them), on the axes the image does not fill."""
+    image, labels = asymmetric_phantom(size=(20, 36, 100))
+    model = oracle_model()
+    model.training = {"config": {"patch": 48}}
+    plan = Segmenter(model, device="cpu").windows(image, (1.0, 1.0, 1.0))
+    assert plan.patch == (104, 48, 48)  # k: 100 voxels of its own, rounded up to the divisor
+    assert Segmenter(oracle_model(), device="cpu").windows(image, (1.0, 1.0, 1.0)).patch == (104, 40, 24)
+    assert Segmenter(model, device="cpu", patch=32).windows(image, (1.0, 1.0, 1.0)).patch == (32, 48, 48)
+    labelled = Segmenter(model, device="cpu").segment(image, (1.0, 1.0, 1.0), Reporter(3, quiet=True))
+    assert np.array_equal(sitk.GetArrayFromImage(labelled), sitk.GetArrayFromImage(labels))  # padding cut off again

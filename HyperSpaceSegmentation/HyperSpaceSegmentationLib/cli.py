@@ -228,6 +228,42 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace OUTPUT and its sidecar if they exist")
     export.add_argument("--quiet", action="store_true", help="no progress output")
 
+    analyze = commands.add_parser(
+        "analyze", help="look inside the U-Nets a HyperSpace model generates (cka: similarity across spacings)",
+        description="Analyses of the U-Nets that a HyperSpace model's hypernetwork generates for different spacings.",
+    )
+    analyses = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    cka = analyses.add_parser(
+        "cka", help="linear CKA between the layers of the networks for several spacings, on one image region",
+        description="Linear CKA (Kornblith et al. 2019) between the activations after every convolution and every "
+                    "nonlinearity of the U-Nets MODEL generates for each spacing, on the same physical region of "
+                    "IMAGE: each network sees the whole image as 'hyperspace segment' does, and every activation is "
+                    "brought onto the coarsest network's grid of its level over the region before comparing (examples: "
+                    "voxels, features: channels). Writes FOLDER/cka.csv (every pair of spacings and layers) and PNG "
+                    "heatmaps: within each network, the finest network's layers against each coarser one's, and each "
+                    "layer against itself across spacings; prints the mean CKA across spacings per U-Net level.",
+        epilog="The heatmaps need the analysis extra: pip install hyperspace-segmentation[analysis].",
+    )
+    cka.add_argument("model", nargs="?", default=None,
+                     help=f"HyperSpace model file (default: the embedded {DEFAULT_MODEL.name})")
+    cka.add_argument("--spacings", nargs="+", type=float, required=True, metavar="S",
+                     help="two or more isotropic spacings in mm, such as 1 1.5 2 3; outside the trained range they "
+                          "are clamped to it, as by segment (see --allow-extrapolation)")
+    cka.add_argument("-o", "--output", required=True, metavar="FOLDER", help="folder for the CSV and the heatmaps "
+                                                                            "(created if missing)")
+    cka.add_argument("--image", default=None,
+                     help=f"3D image to run the networks on (default: the bundled sample, {SAMPLE_SCAN.name})")
+    cka.add_argument("--region", nargs="+", type=float, default=None, metavar="MM",
+                     help="the region compared: MM, the edge of a cube in mm along the image's axes, then optionally "
+                          "X Y Z, its centre in the image's physical coordinates (LPS mm, as ITK; Slicer shows RAS: "
+                          "negate X and Y); snapped to whole voxels of the coarsest network's deepest level (default: "
+                          "a cube of up to 144 mm at the image centre)")
+    cka.add_argument("--allow-extrapolation", action="store_true",
+                     help="keep spacings outside the model's trained range instead of clamping them")
+    cka.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
+    cka.add_argument("--overwrite", action="store_true", help="replace results of an earlier run in FOLDER")
+    cka.add_argument("--quiet", action="store_true", help="no progress lines")
+
     evaluate = commands.add_parser(
         "evaluate", help="score segmentations against references (Dice, HD95, ASSD, surface Dice, ...)",
         description="Score PREDICTION against REFERENCE per class, or a batch of cases with --paths-csv. Distances "
@@ -761,8 +797,41 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_analyze(args: argparse.Namespace) -> int:
+    from .analysis import (
+        analyse, check_model, choose_region, cka_spacings, output_names, require_matplotlib, summary, write_results,
+    )
+    from .io.images import check_image, check_writable, output_folder, read_image
+
+    require_matplotlib()
+    if args.region is not None and len(args.region) not in (1, 4):
+        raise UserError(f"--region takes MM, or MM X Y Z (the cube's edge, then its centre), not {len(args.region)} "
+                        "values")
+    model = _load(args.model)
+    check_model(model, Path(args.model).name if args.model else DEFAULT_MODEL.name)
+    image_path = args.image or str(SAMPLE_SCAN)
+    image = read_image(image_path)
+    check_image(image, image_path)
+    if image.GetDimension() != 3:
+        raise UserError(f"{image_path} is a 2D image: the CKA analysis runs 3D networks on a 3D image")
+    spacings, notes = cka_spacings(model, image, args.spacings, args.allow_extrapolation)
+    size, centre = (args.region[0], args.region[1:] or None) if args.region else (None, None)
+    region = choose_region(image, spacings, len(model.unet_config.features), size, centre)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    with output_folder(args.output, "-o") as folder:
+        for name in output_names(spacings):  # every output checked before any work
+            check_writable(folder / name, args.overwrite)
+        log = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+        result = analyse(model, image, spacings, region, args.device, log)
+        paths = write_results(result, folder, args.overwrite)
+    print("\n".join(summary(result)))
+    print(f"wrote {paths[0]} and {len(paths) - 1} heatmaps in {folder}")
+    return 0
+
+
 COMMANDS = {"segment": run_segment, "info": run_info, "demo": run_demo, "train": run_train, "evaluate": run_evaluate,
-            "export": run_export}
+            "export": run_export, "analyze": run_analyze}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,9 @@ _NORMALISATION_STEPS = {
         "on the image's own grid, before resampling; a 3D model normalises the whole volume, a 2D model each slice "
         "by itself",
         "NaN and infinite voxels become 0",
-        "mask: the voxels that are not 0; if it holds fewer than 1% of the voxels, every voxel",
+        "background: the image's minimum if at least half of the voxels on the array's faces (first and last "
+        "planes along each axis) equal it, else 0",
+        "mask: the voxels that are not background; if it holds fewer than 1% of the voxels, every voxel",
         "subtract the mean of the masked voxels and divide by their standard deviation (population, ddof 0; at "
         "least 1e-6)",
         "set the voxels outside the mask to 0",

@@ -1,7 +1,9 @@
 """Intensity normalisation, the same in training and inference (MIST's rules).
 
-- ``mr`` (and any other non-CT modality): z-score over the non-zero voxels; voxels that were zero stay zero,
-  so skull-stripped images keep an exactly empty background.
+- ``mr`` (and any other non-CT modality): z-score over the voxels that are not background; background voxels
+  become zero, so skull-stripped images keep an exactly empty background. The background is 0, or the image's
+  minimum where that fills at least half of the array's outermost voxels (a skull-stripped scan rescaled as
+  ``a * x + b``, whose background is ``b``), so that such a rescaling changes nothing.
 - ``ct``: clip to the training set's 0.5-99.5 percentile window of foreground intensities, then z-score
   with the training set's mean and standard deviation.
 """
@@ -14,6 +16,7 @@ import numpy as np
 
 
 MODALITIES = ("mr", "ct")  # the intensity normalisations below
+BACKGROUND_SHARE = 0.5  # MR: the minimum is the background when it fills this share of the outermost voxels
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Normalisation:
             values -= self.mean
             values /= max(self.std, 1e-6)
             return values
-        mask = values != 0
+        mask = values != background_value(values)
         if mask.sum() < 0.01 * values.size:
             mask = np.ones_like(mask)
         inside = values[mask].astype(np.float64)  # float32 squares overflow for intensities beyond ~1e19
@@ -55,6 +58,16 @@ class Normalisation:
         values /= np.float32(max(float(inside.std()), 1e-6))
         values[~mask] = 0.0
         return values
+
+
+def background_value(values: np.ndarray) -> float:
+    """An MR image's background intensity: its minimum where that fills at least ``BACKGROUND_SHARE`` of the
+    array's outermost voxels (its faces), else 0."""
+    if values.size == 0:
+        return 0.0
+    faces = np.concatenate([np.moveaxis(values, axis, 0)[[0, -1]].ravel() for axis in range(values.ndim)])
+    low = values.min()
+    return float(low) if np.mean(faces == low) >= BACKGROUND_SHARE else 0.0
 
 
 def fit_normalisation(modality: str, arrays_and_masks: list[tuple[np.ndarray, np.ndarray]]) -> Normalisation:

@@ -303,15 +303,19 @@ class Segmenter:
         With a ``patch`` asked for, windows of that edge (an axis up to 1.25 times as long takes one window).
         Otherwise the largest window, up to the whole working volume or slice, whose estimated memory need
         (``estimate_memory_mb``) fits the budget: ``max_memory_mb``, by default ``MEMORY_SHARE`` of the memory
-        available on the device; fewer, larger windows process fewer voxels (no overlap) and run faster.
+        available on the device; fewer, larger windows process fewer voxels (no overlap) and run faster. A window
+        that spans a whole axis is at least as long as the model's training patches there (padded with what lies
+        outside a scan, as training patches are, and as nnU-Net pads small images): instance normalisation then
+        sees a small image or crop with background around it, as in training (docs/BENCHMARKS.md, field of view).
         """
         shape = tuple(reversed(self.working_size(image, spacing)))
         view = self.view(image)
         divisor = self.model.unet_config.divisor
+        least = int(self.model.training.get("config", {}).get("patch") or 0)
         if self.patch is not None:
-            patch = patch_size_for(shape, self.patch, divisor)
+            patch = _at_least(patch_size_for(shape, self.patch, divisor), shape, least)
             return WindowPlan(shape, patch, self._batch_size(patch, view.slices))
-        whole = patch_size_for(shape, shape, divisor)
+        whole = _at_least(patch_size_for(shape, shape, divisor), shape, least)
         budget = self.memory_budget_mb()
         for edge in range(max(whole), 2 * divisor - 1, -divisor):
             patch = tuple(min(w, edge) for w in whole)
@@ -539,6 +543,11 @@ def _reoriented_axes(image: sitk.Image) -> tuple[int, ...]:
 def _by_item(array: np.ndarray, item_axis: int | None) -> np.ndarray:
     """A view of ``array`` with its items first: its slices along ``item_axis``, or (``None``) itself as one item."""
     return array[None] if item_axis is None else np.moveaxis(array, item_axis, 0)
+
+
+def _at_least(patch: Sequence[int], shape: Sequence[int], least: int) -> tuple[int, ...]:
+    """``patch`` with every axis it covers whole (at least ``shape``) made at least ``least`` long."""
+    return tuple(max(p, least) if p >= s else p for p, s in zip(patch, shape))
 
 
 def _clamp(spacing: Sequence[float], low: float, high: float) -> tuple[float, ...]:

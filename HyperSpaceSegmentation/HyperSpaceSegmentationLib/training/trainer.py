@@ -235,8 +235,8 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
             print(f"resuming {output} at step {step} of {config.iterations} with the checkpoint's settings: "
                   f"{_describe(config)}", file=sys.stderr, flush=True)
     schedule = polynomial_schedule(optimizer, step, config.iterations)
-    wrapped = torch.nn.parallel.DistributedDataParallel(
-        network, device_ids=[local_rank] if device.type == "cuda" else None
+    wrapped = torch.nn.parallel.DistributedDataParallel(  # buffers are constants (no batch norm): never re-sent
+        network, device_ids=[local_rank] if device.type == "cuda" else None, broadcast_buffers=False,
     ) if world > 1 else network
     stream = PatchStream(sampler, config.batch_size, config.seed, rank, first_step=step)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
