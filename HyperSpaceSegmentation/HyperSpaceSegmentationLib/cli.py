@@ -19,6 +19,7 @@ from typing import NoReturn, Sequence
 
 from . import __version__
 from .errors import UserError
+from .postprocessing import add_options as add_postprocessing_options
 
 RESOURCES = Path(__file__).resolve().parent / "resources"  # package data: installed with the engine
 DEFAULT_MODEL = RESOURCES / "models" / "brain-tissue-mni152.pt"
@@ -109,14 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="budget for --spacing auto: most seconds of prediction, measured on this device")
     segment.add_argument("--allow-extrapolation", action="store_true",
                          help="use a spacing outside the model's trained range instead of clamping it")
-    segment.add_argument("--remove-smaller-than", nargs="+", type=float, action="append", metavar=("MM3", "LABEL"),
-                         help="postprocess: remove objects (connected components) smaller than MM3 mm^3 of the "
-                              "classes LABEL (default: every class); may be given again with another size")
-    segment.add_argument("--largest-component", nargs="*", type=int, metavar="LABEL",
-                         help="postprocess: keep only the largest object of the classes LABEL (default: every class)")
-    segment.add_argument("--fill-holes", nargs="*", type=int, metavar="LABEL",
-                         help="postprocess: fill enclosed holes of the classes LABEL (default: every class); applied "
-                              "after --remove-smaller-than, then --largest-component")
+    add_postprocessing_options(segment)
     segment.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda (default auto)")
     segment.add_argument("--patch", type=int, default=None,
                          help="sliding-window edge in voxels (default: the largest window, up to the whole working volume "

@@ -19,6 +19,7 @@ image on the input's grid (size, spacing, origin, direction).
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
@@ -42,6 +43,19 @@ class PostprocessingStep:
     operation: str
     labels: tuple[int, ...] = ()
     min_volume_mm3: float | None = None
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The postprocessing options (``--remove-smaller-than``, ``--largest-component``, ``--fill-holes``) of
+    ``hyperspace segment`` and of the Slicer batch script; ``steps_from_options`` reads them."""
+    parser.add_argument("--remove-smaller-than", nargs="+", type=float, action="append", metavar=("MM3", "LABEL"),
+                        help="postprocess: remove objects (connected components) smaller than MM3 mm^3 of the "
+                             "classes LABEL (default: every class); may be given again with another size")
+    parser.add_argument("--largest-component", nargs="*", type=int, metavar="LABEL",
+                        help="postprocess: keep only the largest object of the classes LABEL (default: every class)")
+    parser.add_argument("--fill-holes", nargs="*", type=int, metavar="LABEL",
+                        help="postprocess: fill enclosed holes of the classes LABEL (default: every class); applied "
+                             "after --remove-smaller-than, then --largest-component")
 
 
 def steps_from_options(remove_smaller_than: Sequence[Sequence[float]] | None, largest_component: Sequence[int] | None,

@@ -30,6 +30,7 @@ if str(MODULE_FOLDER) not in sys.path:
 
 from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
 from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic  # noqa: E402
+from HyperSpaceSegmentationLib.postprocessing import add_options as add_postprocessing_options  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,13 +65,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--tta", nargs="*", type=int, default=None, metavar="AXIS",
                         help="test-time augmentation over the flips of these axes (0 L-R, 1 P-A, 2 S-I; none: all)")
     parser.add_argument("--uncertainty", action="store_true", help="also write CASE_uncertainty.nrrd (0 to 1)")
-    parser.add_argument("--remove-smaller-than", nargs="+", type=float, action="append", metavar=("MM3", "LABEL"),
-                        help="remove objects smaller than MM3 mm^3 of the classes LABEL (default: every class); "
-                             "may be given again with another size")
-    parser.add_argument("--largest-component", nargs="*", type=int, metavar="LABEL",
-                        help="keep only the largest object of the classes LABEL (default: every class)")
-    parser.add_argument("--fill-holes", nargs="*", type=int, metavar="LABEL",
-                        help="fill enclosed holes of the classes LABEL (default: every class)")
+    add_postprocessing_options(parser)
     parser.add_argument("--reference-folder", default=None, help="reference segmentations, same case names")
     parser.add_argument("--tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
