@@ -353,6 +353,7 @@ class _Run:
         import torch
 
         from .inference import SpacingRequest, parse_spacing
+        from .inference.segmenter import check_memory_budget
         from .postprocessing import steps_from_options
 
         self.args, self.device = args, device
@@ -365,8 +366,7 @@ class _Run:
                 raise UserError("--max-voxels and --max-seconds apply to --spacing auto: add --spacing auto")
         self.request = SpacingRequest(request.mode, request.values, args.max_voxels, args.max_seconds,
                                       args.allow_extrapolation)
-        if args.max_memory is not None and not 0 < args.max_memory < float("inf"):  # before any case of a batch
-            raise UserError(f"--max-memory {args.max_memory:g}: give a positive number of MB, such as 4000")
+        check_memory_budget(args.max_memory)  # before any case of a batch
         self._models: dict[str, object] = {}
         self._segmenters: dict[tuple, list] = {}
         for path in args.model or []:  # a missing or damaged model file fails the run, before any case

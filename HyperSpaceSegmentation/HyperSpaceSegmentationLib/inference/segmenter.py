@@ -62,6 +62,12 @@ class SpacingRequest:
             raise UserError(f"--max-seconds {self.max_seconds:g}: give a positive number of seconds, such as 30")
 
 
+def check_memory_budget(max_memory_mb: float | None) -> None:
+    """A ``UserError`` unless the memory budget (``--max-memory``, MB) is ``None`` or a positive finite number."""
+    if max_memory_mb is not None and not (max_memory_mb > 0 and math.isfinite(max_memory_mb)):
+        raise UserError(f"--max-memory {max_memory_mb:g}: give a positive number of MB, such as 4000")
+
+
 def parse_spacing(words: Sequence[str] | None) -> SpacingRequest:
     """``None``, ``native``, ``auto``, ``S`` or ``SX SY SZ`` (mm) as a ``SpacingRequest``."""
     if not words:
@@ -144,8 +150,7 @@ class Segmenter:
     ) -> None:
         if model.dim == 3 and slices != Slices():
             raise UserError("a 3D model segments whole volumes: drop --axis and --slice, or use a 2D model")
-        if max_memory_mb is not None and not (max_memory_mb > 0 and math.isfinite(max_memory_mb)):
-            raise UserError(f"--max-memory {max_memory_mb:g}: give a positive number of MB, such as 4000")
+        check_memory_budget(max_memory_mb)
         self.model = model
         self.slices = slices
         self.flips = _flips(tta, model.dim)
