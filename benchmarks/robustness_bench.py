@@ -29,6 +29,9 @@ included, as a scanner offset would be), and a Gaussian blur (sigma one voxel, a
 smooths) either kept inside the brain or with the faint halo it spreads into the background, segmented at 1.5
 mm: Dice per class against the clean result.
 
+``normalisation``: the voxels the MR z-score takes its statistics from, with those changes and against Otsu's
+foreground.
+
 ``patches``: what the embedded model saw in training: the share of voxels that are not brain (background, or
 beyond the training slabs of scripts/train_default_model.py) in patches drawn as training draws them.
 """
@@ -53,7 +56,7 @@ from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E4
 from HyperSpaceSegmentationLib.geometry import canonical  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import SegmentationModel, load_model  # noqa: E402
-from HyperSpaceSegmentationLib.preprocessing import Normalisation  # noqa: E402
+from HyperSpaceSegmentationLib.preprocessing import Normalisation, background_value  # noqa: E402
 from HyperSpaceSegmentationLib.progress import Reporter  # noqa: E402
 from HyperSpaceSegmentationLib.training.sampling import LoadedCase, PatchSampler, SamplingConfig  # noqa: E402
 from train_default_model import MARGIN, VALIDATION_BAND, tissue_map  # noqa: E402
@@ -209,15 +212,33 @@ def training_patches(count: int = 200) -> None:
           f"{shares.min():.3f}; patches with under 10% of them: {(shares < 0.1).mean():.3f}")
 
 
+def normalisation_statistics() -> None:
+    """The voxels the MR z-score takes its mean and std over, against Otsu's foreground, on the sample as is,
+    blurred with and without the halo, and with noise everywhere."""
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(SAMPLE_SCAN))).astype(np.float32)
+    brain = array != 0
+    noise = np.random.default_rng(0).normal(0, 0.1 * float(array[brain].std()), array.shape)
+    print("| scan | z-score: voxels, mean, std | Otsu's foreground: voxels, mean, std |\n|---|---|---|")
+    for name, changed in (("unchanged", array), ("blur 1.5 mm, zero outside the brain", brain * ndimage.gaussian_filter(array, 1.0)),
+                          ("blur 1.5 mm, with the halo", ndimage.gaussian_filter(array, 1.0)),
+                          ("noise 0.1 std, everywhere", array + noise)):
+        zscored = changed[changed != background_value(changed)]
+        otsu = sitk.GetArrayFromImage(sitk.OtsuThreshold(sitk.GetImageFromArray(changed), 0, 1)).astype(bool)
+        print(f"| {name} | {zscored.size:,}, {zscored.mean():.1f}, {zscored.std():.1f} | "
+              f"{otsu.sum():,}, {changed[otsu].mean():.1f}, {changed[otsu].std():.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=("fov", "intensity", "patches"))
+    parser.add_argument("part", choices=("fov", "intensity", "normalisation", "patches"))
     part = parser.parse_args().part
     if part == "fov":
         field_of_view()
         whole_scans()
     elif part == "intensity":
         intensity()
+    elif part == "normalisation":
+        normalisation_statistics()
     else:
         training_patches()
 
