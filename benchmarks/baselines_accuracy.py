@@ -92,12 +92,12 @@ class TestScans:
         return sitk.Resample(result, self.image, sitk.Transform(), sitk.sitkLabelLinear, 0)
 
 
-def dice_per_class(reference: sitk.Image, result: sitk.Image, band: slice) -> dict[int, float]:
+def dice_per_class(reference: sitk.Image, result: sitk.Image, band: slice) -> dict[str, float]:
     truth, predicted = sitk.GetArrayViewFromImage(reference)[band], sitk.GetArrayViewFromImage(result)[band]
     scores = {}
     for value in CLASSES:
         a, b = truth == value, predicted == value
-        scores[value] = float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
+        scores[str(value)] = float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
     return scores
 
 
@@ -112,16 +112,17 @@ def working_spacing(method: str, spacing: tuple[float, ...]) -> tuple[float, ...
 def score(scans: TestScans, segmenters: dict[str, Segmenter], spacing: tuple[float, ...]) -> list[dict]:
     """One row per method for the test scan at ``spacing``: Dice per class at working and original resolution."""
     scan, reference = scans.at(spacing)
+    native = scan.GetSpacing()  # the grid covers the field of view in whole voxels: close to ``spacing``
     band = scans.band_slices(scan)
     rows = []
     for method in METHODS:
         base = method.split(" ")[0]
-        if base != method and working_spacing(method, spacing) == spacing:  # in range: the same run as its base
+        if base != method and working_spacing(method, native) == native:  # in range: the same run as its base
             rows.append(dict(next(r for r in rows if r["method"] == base), method=method))
             continue
         segmenter = segmenters[base.replace("FSNR", "FS")]
         start = time.perf_counter()
-        result = segmenter.segment(scan, working_spacing(method, spacing), Reporter(3, quiet=True))
+        result = segmenter.segment(scan, working_spacing(method, native), Reporter(3, quiet=True))
         seconds = time.perf_counter() - start
         rows.append({"method": method, "spacing": [round(s, 3) for s in spacing], "seconds": round(seconds, 2),
                      "working": dice_per_class(reference, result, band),
@@ -135,7 +136,7 @@ def mean_dice(row: dict, where: str) -> float:
 
 
 def summary(rows: list[dict], where: str, value=None) -> str:
-    values = [mean_dice(r, where) if value is None else r[where][value] for r in rows]
+    values = [mean_dice(r, where) if value is None else r[where][str(value)] for r in rows]
     return f"{statistics.fmean(values):.3f} ({statistics.pstdev(values):.3f})"
 
 
@@ -158,6 +159,17 @@ def tables(results: dict[str, list[dict]]) -> str:
     for interval, rows in results.items():
         lines.append(f"| {interval} | " + " | ".join(
             f"{statistics.fmean(r['seconds'] for r in rows if r['method'] == m):.1f}" for m in METHODS) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(sweep: list[dict]) -> str:
+    lines = ["\nIsotropic sweep: mean Dice at the scan's spacing / on the 1 mm grid (seconds), one scan per spacing\n",
+             "| spacing (mm) | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for spacing in sorted({r["spacing"][0] for r in sweep}):
+        rows = {r["method"]: r for r in sweep if r["spacing"][0] == spacing}
+        lines.append(f"| {spacing:g} | " + " | ".join(
+            f"{mean_dice(rows[m], 'working'):.3f} / {mean_dice(rows[m], 'original'):.3f} ({rows[m]['seconds']:.1f})"
+            for m in METHODS) + " |")
     return "\n".join(lines)
 
 
@@ -195,18 +207,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, default=None, help="PNG of Dice against the isotropic spacing")
     parser.add_argument("--sweep", type=float, nargs="+", default=SWEEP, help="isotropic spacings of the plot")
-    parser.add_argument("--json", type=Path, default=None, help="every row, for later tables")
+    parser.add_argument("--json", type=Path, default=None, help="write every row here")
+    parser.add_argument("--from-json", type=Path, default=None, help="tables and plot from the rows of an earlier --json")
     args = parser.parse_args()
-    segmenters = {name: Segmenter(load_model(args.work / name.lower() / "model.pt"), device="cpu")
-                  for name in ("HyperSpace", "FS", "AS")}
-    scans = TestScans()
-    rng = np.random.default_rng(args.seed)
-    results = {interval: [row for _ in range(args.samples) for row in score(scans, segmenters, draw(rng))]
-               for interval, draw in INTERVALS.items()}
-    print(tables(results))
-    sweep = [row for s in args.sweep for row in score(scans, segmenters, (s, s, s))]
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        results, sweep = saved["intervals"], saved["sweep"]
+    else:
+        segmenters = {name: Segmenter(load_model(args.work / name.lower() / "model.pt"), device="cpu")
+                      for name in ("HyperSpace", "FS", "AS")}
+        scans = TestScans()
+        rng = np.random.default_rng(args.seed)
+        results = {interval: [row for _ in range(args.samples) for row in score(scans, segmenters, draw(rng))]
+                   for interval, draw in INTERVALS.items()}
+        sweep = [row for s in args.sweep for row in score(scans, segmenters, (s, s, s))]
     if args.json:
         args.json.write_text(json.dumps({"intervals": results, "sweep": sweep}, indent=1))
+    print(tables(results))
+    print(sweep_table(sweep))
     if args.plot:
         plot(sweep, args.plot)
         print("wrote", args.plot)
