@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
 from HyperSpaceSegmentationLib.geometry import resample_to_spacing, working_grid  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
@@ -94,11 +95,9 @@ class TestScans:
 
 def dice_per_class(reference: sitk.Image, result: sitk.Image, band: slice) -> dict[str, float]:
     truth, predicted = sitk.GetArrayViewFromImage(reference)[band], sitk.GetArrayViewFromImage(result)[band]
-    scores = {}
-    for value in CLASSES:
-        a, b = truth == value, predicted == value
-        scores[str(value)] = float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
-    return scores
+    spacing = tuple(reversed(reference.GetSpacing()))
+    return {str(value): compute(METRICS["dice"], Comparison(truth == value, predicted == value, spacing))
+            for value in CLASSES}
 
 
 def working_spacing(method: str, spacing: tuple[float, ...]) -> tuple[float, ...]:
