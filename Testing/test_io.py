@@ -12,6 +12,8 @@ from HyperSpaceSegmentationLib.cli import main
 from HyperSpaceSegmentationLib.evaluation import evaluate_files
 from HyperSpaceSegmentationLib.errors import UserError
 from HyperSpaceSegmentationLib.io.images import atomic_output, read_image, write_labels
+from HyperSpaceSegmentationLib.io.model_file import load_model, save_model
+from HyperSpaceSegmentationLib.preprocessing import Normalisation
 
 from conftest import OBLIQUE, phantom, tiny_model
 
@@ -332,7 +334,6 @@ def test_a_model_with_nan_weights_is_refused_as_corrupt(tmp_path, capsys, image_
 
 
 def test_mr_normalisation_z_scores_the_foreground_and_survives_huge_intensities():
-    from HyperSpaceSegmentationLib.preprocessing import Normalisation
 
     image, _ = phantom(size=(24, 20, 16))  # 0 outside the object, about 100 and 200 inside
     array = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -351,3 +352,27 @@ def test_the_memory_error_suggests_a_spacing_that_the_command_line_takes(tmp_pat
     assert_one_line_error(code, err, "coarser spacing")
     suggestion = err.strip().splitlines()[-1].split("--spacing ")[1].split()
     assert parse_spacing(suggestion).mode == "explicit" and len(suggestion) == 3
+
+
+def test_model_files_keep_their_normalisation_version(tmp_path):
+    """A file written before versions existed reads as version 1 (the z-score), a new one keeps its version, and a
+    version this program does not know is refused in one line."""
+    import torch
+
+    model = tiny_model()
+    model.normalisation = Normalisation("mr", version=2)
+    path = save_model(model, tmp_path / "v2.pt")
+    assert load_model(path).normalisation.version == 2
+    payload = torch.load(path, weights_only=True)
+    del payload["normalisation"]["version"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.normalisation.version == 1
+    scan = np.where(np.arange(1000).reshape(10, 10, 10) > 300, 100.0, 0.0).astype(np.float32)
+    scan[5:] += 50
+    np.testing.assert_allclose(old.normalisation.apply(scan), Normalisation("mr").apply(scan))
+    assert not np.allclose(old.normalisation.apply(scan), Normalisation("mr", version=2).apply(scan))
+    payload["normalisation"]["version"] = 3
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(UserError, match="normalisation version 3 is not one of 1, 2"):
+        load_model(tmp_path / "future.pt")

@@ -250,7 +250,7 @@ def test_segmentation_of_the_trained_phantom_model_is_correct(dataset_json, tmp_
     from conftest import phantom
 
     config = TrainConfig(dataset=str(dataset_json), output=str(tmp_path / "run"), iterations=150,
-                         learning_rate=1e-2, augment=False, spacing_min=0.8, spacing_max=2.5, **SMALL)
+                         learning_rate=5e-3, augment=False, spacing_min=0.8, spacing_max=2.5, **SMALL)
     segmenter = Segmenter(load_model(train(config, quiet=True)), device="cpu", patch=32)
     image, labels = phantom(size=(48, 44, 40), spacing=(0.9, 0.9, 1.2), seed=5)
     for spacing in [None, (2.0, 2.0, 2.0)]:
@@ -305,3 +305,23 @@ def test_labels_declared_out_of_order_are_classes_in_value_order_in_training_and
         assert main(["segment", str(tmp_path / "image.nii.gz"), "-o", str(output), "--model",
                      str(tmp_path / f"class{index}.pt"), "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
         assert np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(output)))).tolist() == [value]
+
+
+def test_init_starts_from_a_models_weights_and_refuses_another_network(dataset_json, tmp_path, capsys):
+    """--init: with a vanishing learning rate the trained model keeps the starting model's weights; a model of
+    another shape is refused in one line."""
+    first = train(TrainConfig(dataset=str(dataset_json), output=str(tmp_path / "first"), iterations=1, **SMALL),
+                  quiet=True)
+    config = TrainConfig(dataset=str(dataset_json), output=str(tmp_path / "tuned"), iterations=1, seed=5,
+                         learning_rate=1e-12, init=str(first), **SMALL)
+    tuned = load_model(train(config, quiet=True)).trainable().state_dict()
+    fresh = load_model(train(TrainConfig(dataset=str(dataset_json), output=str(tmp_path / "fresh"), iterations=1,
+                                         seed=5, learning_rate=1e-12, **SMALL), quiet=True)).trainable().state_dict()
+    start = load_model(first).trainable().state_dict()
+    assert all(torch.equal(tuned[name], start[name]) for name in start)
+    assert not all(torch.equal(fresh[name], start[name]) for name in start)
+    argv = ["train", str(dataset_json), "-o", str(tmp_path / "other"), "--init", str(first), "--features", "4", "8",
+            "16", "16", "--rank", "2", "--patch", "16", "--iterations", "1", "--device", "cpu", "--quiet"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "--init" in error and "U-Net" in error and error.count("\n") == 1

@@ -65,7 +65,7 @@ def tissue_map() -> tuple[sitk.Image, sitk.Image]:
     return t1, labels
 
 
-def prepare(work: Path) -> Path:
+def prepare(work: Path, synthetic: float = 0.0) -> Path:
     """Write the training slabs, the full reference and the dataset JSON; returns the JSON path."""
     t1, labels = tissue_map()
     (work / "data").mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,8 @@ def prepare(work: Path) -> Path:
         sitk.WriteImage(image[:, :, low:high], str(work / "data" / f"band_{kind}.nii.gz"))
     spec = {"task": "brain tissue (MNI ICBM152 2009a)", "modality": "mr", "labels": LABELS, "colors": COLORS,
             "training": cases, "validation": [{"id": "band", "image": "data/band_t1.nii.gz", "label": "data/band_labels.nii.gz"}]}
+    if synthetic:
+        spec["synthetic"] = {"fraction": synthetic}
     path = work / "dataset.json"
     path.write_text(json.dumps(spec, indent=2))
     return path
@@ -182,12 +184,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--synthetic", type=float, default=0.6,
+                        help="share of training samples synthesised from the labels, with heads (0: real images only)")
+    parser.add_argument("--init", default=None, help="start from this model file's weights")
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--machine", default="", help="a description of the machine, for the model card")
     args = parser.parse_args()
     command = "python scripts/train_default_model.py " + " ".join(sys.argv[1:])
-    dataset = prepare(args.work)
+    dataset = prepare(args.work, args.synthetic)
     config = TrainConfig(dataset=str(dataset), output=str(args.work / "run"), iterations=args.iterations,
-                         workers=args.workers, device=args.device, notes={"machine": args.machine})
+                         workers=args.workers, device=args.device, init=args.init, learning_rate=args.learning_rate,
+                         notes={"machine": args.machine})
     model_path = train(config, resume=args.resume, overwrite=True)
     rows = validate(model_path, args.work)
     MODELS.mkdir(parents=True, exist_ok=True)

@@ -48,9 +48,10 @@ FEATURES = (8, 16, 32, 64)
 PATCH, BATCH = 128, 8
 
 
-def prepare(work: Path) -> Path:
+def prepare(work: Path, synthetic: float = 0.0) -> Path:
     """Training slabs, the held-out band and the full template (LPS axes, NRRD) with white-matter labels, and the
-    dataset JSON; returns the JSON path."""
+    dataset JSON; returns the JSON path. With ``synthetic``, that share of the training slices is synthesised from
+    the 4-class tissue map (the generation labels), with heads around the brain."""
     t1, tissue = tissue_map()
     wm = sitk.Cast(tissue == 3, sitk.sitkUInt8)
     (work / "data").mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,7 @@ def prepare(work: Path) -> Path:
     depth = t1.GetSize()[2]
     slabs = {"inferior": (0, low - MARGIN), "superior": (high + MARGIN, depth), "band": (low, high)}
     for name, (start, stop) in slabs.items():
-        for kind, image in (("t1", t1), ("wm", wm)):
+        for kind, image in (("t1", t1), ("wm", wm), ("tissue", tissue)):
             sitk.WriteImage(image[:, :, start:stop], str(work / "data" / f"{name}_{kind}.nii.gz"))
     band = sitk.Image(t1.GetSize(), sitk.sitkUInt8)
     band.CopyInformation(t1)
@@ -67,20 +68,24 @@ def prepare(work: Path) -> Path:
         sitk.WriteImage(canonical(image), str(work / "data" / f"full_{kind}.nrrd"), useCompression=True)
     spec = {"task": "white matter (MNI ICBM152 2009a)", "modality": "mr", "labels": LABELS, "colors": COLORS,
             "slice_axes": list(ORIENTATIONS),
-            "training": [{"id": n, "image": f"data/{n}_t1.nii.gz", "label": f"data/{n}_wm.nii.gz"}
-                         for n in ("inferior", "superior")],
+            "training": [{"id": n, "image": f"data/{n}_t1.nii.gz", "label": f"data/{n}_wm.nii.gz",
+                          "generation": f"data/{n}_tissue.nii.gz"} for n in ("inferior", "superior")],
             "validation": [{"id": "band", "image": "data/band_t1.nii.gz", "label": "data/band_wm.nii.gz"}]}
+    if synthetic:
+        spec["synthetic"] = {"fraction": synthetic}
     path = work / "dataset.json"
     path.write_text(json.dumps(spec, indent=2))
     return path
 
 
-def train_model(work: Path, dataset: Path, ife: str, iterations: int, seed: int, device: str) -> tuple[Path, float]:
-    """Train one 2D model into ``work/run-IFE``; returns the model path and the training seconds."""
+def train_model(work: Path, dataset: Path, ife: str, iterations: int, seed: int, device: str,
+                init: str | None = None, learning_rate: float = 2e-3) -> tuple[Path, float]:
+    """Train one 2D model into ``work/run-IFE`` (from ``init``'s weights if given); returns the model path and the
+    training seconds."""
     config = TrainConfig(dataset=str(dataset), output=str(work / f"run-{ife}"), dim=2, ife=ife,
                          features=FEATURES, patch=PATCH, batch_size=BATCH, iterations=iterations, seed=seed,
-                         spacing_min=SPACING_RANGE[0], spacing_max=SPACING_RANGE[1], device=device,
-                         notes={"machine": machine()})
+                         spacing_min=SPACING_RANGE[0], spacing_max=SPACING_RANGE[1], device=device, init=init,
+                         learning_rate=learning_rate, notes={"machine": machine()})
     start = time.perf_counter()
     path = train(config, overwrite=True, quiet=True)
     return path, time.perf_counter() - start
@@ -179,15 +184,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--synthetic", type=float, default=0.6,
+                        help="share of training slices synthesised from the tissue map, with heads (0: real only)")
+    parser.add_argument("--init", default=None, help="start from this model file's weights")
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--reuse", action="store_true",
                         help="score and install the model an earlier run (or benchmarks/ife_ablation.py) trained in --work")
     parser.add_argument("--install", action="store_true", help="copy the model and its card into the package data")
     args = parser.parse_args()
     command = "python scripts/train_default_model_2d.py " + " ".join(sys.argv[1:])
-    dataset = prepare(args.work)
+    dataset = prepare(args.work, args.synthetic)
     model = args.work / f"run-{args.ife}" / "model.pt"
     if not (args.reuse and model.is_file()):
-        model, _ = train_model(args.work, dataset, args.ife, args.iterations, args.seed, args.device)
+        model, _ = train_model(args.work, dataset, args.ife, args.iterations, args.seed, args.device, args.init,
+                               args.learning_rate)
     rows = score(model, args.work)
     text = card(rows, command, model, args.ife, load_model(model).training)
     (args.work / "model-card.md").write_text(text)

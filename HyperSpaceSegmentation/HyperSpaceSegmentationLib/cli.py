@@ -120,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
                               "memory available on the device); larger windows are faster")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace OUTPUT if it exists (without it, an OUTPUT written meanwhile by another run is kept)")
+    segment.add_argument("--mask", default=None, metavar="FILE",
+                         help="restrict the result to a mask: a label map or .seg.nrrd on any grid (its non-zero voxels, "
+                              "resampled to the input's grid by nearest neighbour), such as a brain mask; background "
+                              "outside it. One INPUT")
     segment.add_argument("--probabilities", default=None, metavar="FILE",
                          help="also write the class probabilities on INPUT's grid: a vector image (.nrrd, .nii.gz, "
                               ".nii, .mha), one uint8 component per class (probability * 255), classes in the order "
@@ -168,6 +172,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="2D or 3D model (default 3); a 2D model trains on 2D images or on slices of volumes")
     train.add_argument("--ife", choices=["none", "curvature", "entropy"], default=None,
                        help="2D models: Instructive Feature Enhancement variant (default none)")
+    train.add_argument("--input", dest="input_features", choices=["intensity", "mind"], default=None,
+                       help="what the network sees: the normalised intensities (default) or their MIND descriptors "
+                            "(modality independent neighbourhood descriptors, computed inside the network)")
     train.add_argument("--ife-ratios", nargs=2, type=float, default=None, metavar=("R0", "R1"),
                        help="share of channels IFE appends after the two middle encoder levels, each in [0, 1] "
                             "(default: the paper's for the variant, 0.75 0.5 curvature, 0.5 0.5 entropy)")
@@ -189,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="U-Net channels per level (default 8 16 32 64)")
     train.add_argument("--rank", type=int, default=None, help="rank of the hypernetwork heads (default 4)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    train.add_argument("--init", default=None, metavar="MODEL",
+                       help="start from this model file's weights (fine-tuning): same method, network and labels")
     train.add_argument("--workers", type=int, default=None, help="patch-loading processes (default 0: in the main one)")
     train.add_argument("--checkpoint-every", type=int, default=None,
                        help="steps between checkpoints and validation (default 100)")
@@ -409,6 +418,7 @@ def _read_scan(path: str, input_spacing: Sequence[float] | None):
 def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporter, maps: dict[str, str | None]) -> dict:
     """Segment one case, the image ``name`` that ``read()`` returns (see ``_read_scan``), into ``output`` (and the
     maps of ``maps``: ``{option: file or None}``); the summary that ``--json`` prints."""
+    from .evaluation.labels import read_mask
     from .inference import Slices, labels_from_probabilities, normalised_entropy
     from .io.images import check_picture_output, write_labels, write_probabilities, write_uncertainty
     from .postprocessing import postprocess, resolve_steps
@@ -427,6 +437,7 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
         segmenter, view = segmenters[0], segmenters[0].view(scan)
         choices = [s.choose_spacing(scan, run.request) for s in segmenters]  # each model at its own spacing
         memory = max(s.check_memory(scan, choice.spacing) for s, choice in zip(segmenters, choices))
+        mask = read_mask(args.mask, image) if args.mask else None
     spacing_notes = [note for choice in choices for note in choice.notes]
     for note in spacing_notes:
         reporter.log(f"note: {note}")
@@ -438,9 +449,9 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
         of = f" of {path}" if len(paths) > 1 else ""
         reporter.log(f"working spacing{of}: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm{where} "
                      f"(estimated memory need {memory:,.0f} MB)")
-    probabilities = segmenter.probabilities(scan, choices[0].spacing, reporter)
+    probabilities = segmenter.probabilities(scan, choices[0].spacing, reporter, mask)
     for other, choice in zip(segmenters[1:], choices[1:]):  # an ensemble's mean, on the input grid
-        probabilities += other.probabilities(scan, choice.spacing, reporter)
+        probabilities += other.probabilities(scan, choice.spacing, reporter, mask)
     with reporter.stage("labels"):
         probabilities /= len(segmenters)
         # on the input's own header, whatever spacing was used for the work
@@ -501,13 +512,14 @@ def _segment_single(args: argparse.Namespace, name: str, device) -> int:
     from .io.images import check_map_output, check_not_an_input, check_output_path
     from .progress import Reporter
 
-    check_not_an_input(args.output, {"input image": name})
+    check_not_an_input(args.output, {"input image": name, "mask": args.mask})
     check_output_path(args.output, args.overwrite)
     maps = {"--probabilities": args.probabilities, "--uncertainty": args.uncertainty}
     for option, path in maps.items():
         if path is not None:
             others = {f"{other} output": p for other, p in maps.items() if other != option}
-            check_not_an_input(path, {"input image": name, "label output (-o)": args.output, **others})
+            check_not_an_input(path, {"input image": name, "mask": args.mask, "label output (-o)": args.output,
+                                      **others})
             check_map_output(path, args.overwrite, option)
     run = _Run(args, device)
     reporter = Reporter(stages=run.stages, quiet=args.quiet, progress_lines=args.progress_lines, device=device)
@@ -530,6 +542,8 @@ def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, wor
     if args.probabilities is not None or args.uncertainty is not None:
         raise UserError("--probabilities and --uncertainty name one file each, for one INPUT: segment the scans to "
                         "review one at a time with them")
+    if args.mask is not None:
+        raise UserError("--mask is the mask of one scan, for one INPUT: segment the scans with masks one at a time")
     suffix = args.output_suffix or ".seg.nrrd"
     check_output_suffix(suffix)
     if args.shard is not None and world > 1:
@@ -623,6 +637,8 @@ def describe(model, path: Path) -> dict:
         "fixed_spacing_mm": list(model.fixed_spacing) if model.fixed_spacing else None,
         "modality": model.normalisation.modality, "unet_features": list(model.unet_config.features),
         "ife": model.unet_config.ife, "ife_ratios": list(model.unet_config.ife_ratios),
+        "input_features": model.unet_config.input_features,
+        "normalisation_version": model.normalisation.version,
         "unet_parameters": counts["unet"], "hypernetwork_parameters": counts.get("hypernetwork"),
         "training": {k: v for k, v in model.training.items() if k != "config"},
     }
@@ -635,7 +651,10 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(facts, indent=2))
         return 0
     print(f"model file:        {facts['file']} ({facts['file_size_mb']} MB)")
-    print(f"method:            {facts['method']} ({facts['dimensions']}D, {facts['modality']})")
+    print(f"method:            {facts['method']} ({facts['dimensions']}D, {facts['modality']}, normalisation "
+          f"version {facts['normalisation_version']})")
+    if facts["input_features"] != "intensity":
+        print(f"input:             {facts['input_features']} descriptors of the normalised image")
     print("labels:            " + ", ".join(f"{k} {v}" for k, v in facts["labels"].items()))
     print(f"spacing range:     {facts['spacing_range_mm'][0]:g}-{facts['spacing_range_mm'][1]:g} mm per axis")
     if facts["fixed_spacing_mm"]:
@@ -683,6 +702,7 @@ def run_train(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in (
         "dataset", "method", "dim", "ife", "ife_ratios", "slice_axes", "fixed_spacing", "patch", "batch_size",
         "iterations", "learning_rate", "features", "rank", "seed", "workers", "checkpoint_every", "device", "augment",
+        "init", "input_features",
     ) if getattr(args, name) is not None}
     if args.spacing_range is not None:
         given["spacing_min"], given["spacing_max"] = args.spacing_range

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import UserError
+from ..geometry import resample_labels
 from ..io.images import extension, read_image
 
 MAX_LABELS = 1000
@@ -104,6 +105,25 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
     grid.SetOrigin(matrix[:3, 3].tolist())
     grid.SetDirection((matrix[:3, :3] / spacing).ravel().tolist())
     return Segmentation(grid, values, segments, value_names=names)
+
+
+def read_mask(path: str | os.PathLike, reference: sitk.Image) -> np.ndarray:
+    """The voxels of ``reference``'s grid (boolean, array order) inside the mask file ``path``: a label map (its
+    non-zero voxels) or a ``.seg.nrrd`` (all its segments), on any grid, resampled by nearest neighbour."""
+    segmentation = read_segmentation(path)
+    if segmentation.image.GetDimension() != reference.GetDimension():
+        raise UserError(f"--mask {path} is {segmentation.image.GetDimension()}D but the input is "
+                        f"{reference.GetDimension()}D: give a mask of the input's dimensions")
+    inside = segmentation.values != 0
+    for mask in segmentation.segments.values():  # overlapping segments of a layered .seg.nrrd
+        inside |= mask
+    holder = sitk.GetImageFromArray(inside.astype(np.uint8))
+    holder.CopyInformation(segmentation.image)
+    on_grid = sitk.GetArrayFromImage(resample_labels(holder, reference)) > 0
+    if not on_grid.any():
+        raise UserError(f"--mask {path} covers none of the input's voxels: give a mask of this scan (same patient "
+                        "space), or leave --mask out")
+    return on_grid
 
 
 def default_classes(reference: Segmentation, prediction: Segmentation) -> list[ClassSpec]:

@@ -34,6 +34,7 @@ from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet, UNet
 from ..progress import Reporter
 from ..system import available_memory_mb, resolve_device
+from .cropping import foreground_region
 from .sliding_window import count_windows, patch_size_for, predict_probabilities
 
 MEMORY_SHARE = 0.8  # without --max-memory, windows may take this share of the memory available on the device
@@ -410,24 +411,32 @@ class Segmenter:
         """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (see ``probabilities``)."""
         return labels_from_probabilities(self.probabilities(image, spacing, reporter), sorted(self.model.labels), image)
 
-    def probabilities(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter) -> np.ndarray:
+    def probabilities(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter,
+                      mask: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities ``(classes, *array shape of image)`` (float32, classes in the order of their sorted
         label values) on exactly the grid of ``image``, predicted at ``spacing`` (mm, along the network view's LPS
-        axes: x, y, z, or a 2D model's slice plane's two). Voxels not segmented (other slices than ``--slice``)
-        are background with certainty."""
+        axes: x, y, z, or a 2D model's slice plane's two). Voxels not segmented (other slices than ``--slice``, or
+        outside ``mask``, a boolean array of ``image``'s shape) are background with certainty. A 3D model predicts
+        on the box around what is not background (``cropping``)."""
         source, oriented, slice_axis = self._network_input(image)
         item_axis = None if slice_axis is None else 2 - slice_axis  # the slices' array axis (k, j, i order)
         outside = self.model.normalisation.outside_value
+        region, target = None, oriented  # the box predicted on (3D), and its grid
         with reporter.stage("resample to working spacing"):
-            normalised = sitk.GetImageFromArray(self._normalised(sitk.GetArrayViewFromImage(oriented), item_axis))
-            normalised.CopyInformation(oriented)
+            array = self._normalised(sitk.GetArrayViewFromImage(oriented), item_axis)
+            if slice_axis is None:
+                region = foreground_region(array, outside, oriented.GetSpacing()[::-1], _oriented(mask, image))
+            if region is not None:
+                array, target = region.take(array, outside), region.grid(oriented)
+            normalised = sitk.GetImageFromArray(array)
+            normalised.CopyInformation(target)
             in_plane = iter(spacing)
-            stack_spacing = [oriented.GetSpacing()[a] if a == slice_axis else next(in_plane) for a in range(3)]
+            stack_spacing = [target.GetSpacing()[a] if a == slice_axis else next(in_plane) for a in range(3)]
             working = resample_to_spacing(normalised, stack_spacing)
             items = _by_item(sitk.GetArrayViewFromImage(working), item_axis)  # (volume or slices, *shape)
         count, shape = items.shape[0], items.shape[1:]
         classes = len(self.model.labels)
-        plan = self.windows(image, spacing)
+        plan = self.windows(target if region is not None else image, spacing)
         patch, batch = plan.patch, plan.batch
         windows = count_windows(shape, patch, self.overlap)
         windows_text = f"{windows} windows of {'x'.join(map(str, patch))}"
@@ -449,7 +458,13 @@ class Segmenter:
                     batched[start:start + batch] = result.cpu().numpy()
         probabilities = batched[0] if item_axis is None else np.moveaxis(batched, 0, item_axis + 1)
         with reporter.stage("restore input grid"):
-            return self._on_input_grid(on_input_grid(probabilities, oriented, source), image)
+            if region is not None:
+                on_box = resample_array(torch.from_numpy(probabilities), target.GetSize()[::-1]).numpy()
+                whole = np.ascontiguousarray(permuted_back(region.put(on_box, oriented.GetSize()[::-1]), oriented,
+                                                           source))
+            else:
+                whole = on_input_grid(probabilities, oriented, source)
+            return _masked(self._on_input_grid(whole, image), mask)
 
     def _network_input(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image, int | None]:
         """``(source, oriented, slice axis)``: the part of ``image`` segmented, as a volume (a 2D image is a volume
@@ -543,6 +558,23 @@ def _reoriented_axes(image: sitk.Image) -> tuple[int, ...]:
     probe.SetDirection(image.GetDirection())
     cosines = np.reshape(image.GetDirection(), (dim, dim)).T @ np.reshape(canonical(probe).GetDirection(), (dim, dim))
     return tuple(int(np.argmax(np.abs(cosines[:, axis]))) for axis in range(dim))
+
+
+def _oriented(mask: np.ndarray | None, image: sitk.Image) -> np.ndarray | None:
+    """``mask`` (an array on ``image``'s grid) with its axes permuted and flipped as ``canonical(image)``'s."""
+    if mask is None or image.GetDimension() != 3:
+        return mask
+    holder = sitk.GetImageFromArray(mask.astype(np.uint8))
+    holder.CopyInformation(image)
+    return sitk.GetArrayViewFromImage(canonical(holder)) > 0
+
+
+def _masked(probabilities: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``probabilities`` (classes first) made background with certainty outside ``mask``, in place."""
+    if mask is not None:
+        probabilities[:, ~mask] = 0.0
+        probabilities[0, ~mask] = 1.0
+    return probabilities
 
 
 def _by_item(array: np.ndarray, item_axis: int | None) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 A model file is a ``torch.save`` dictionary, loaded with ``weights_only=True`` (no code runs on load):
 format, version, method (``hyperspace``, ``fs`` or ``as``), the U-Net and hypernetwork shapes, label names
-and colours, the trained spacing range, the FS spacing, the intensity normalisation and training notes.
+and colours, the trained spacing range, the FS spacing, the intensity normalisation (with the version of its
+rule: absent in files written before version 2, which keep the first rule) and training notes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..networks import HyperConfig, HyperSpaceNet, UNet, UNetConfig
-from ..preprocessing import MODALITIES, Normalisation
+from ..preprocessing import MODALITIES, VERSIONS, Normalisation
 from .images import atomic_output
 
 FORMAT = "hyperspace-segmentation-model"
@@ -164,6 +165,9 @@ def metadata_problem(
             return f"fixed spacing {fixed_spacing} is not {unet_config.dim} positive values in mm"
     if normalisation.modality not in MODALITIES:
         return f"modality {normalisation.modality!r} is not one of {', '.join(MODALITIES)}"
+    if normalisation.version not in VERSIONS:
+        return (f"normalisation version {normalisation.version!r} is not one of {', '.join(map(str, VERSIONS))} "
+                "(a newer HyperSpace Segmentation may read it)")
     if normalisation.modality == "ct":
         values = (normalisation.clip_low, normalisation.clip_high, normalisation.mean, normalisation.std)
         if not all(math.isfinite(v) for v in values) or not (values[0] < values[1] and values[3] > 0):

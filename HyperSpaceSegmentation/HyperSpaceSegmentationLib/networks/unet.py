@@ -15,6 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ife import DEFAULT_RATIOS, VARIANTS, FeatureEnhancement, selected_channels
+from .mind import channels as mind_channels
+from .mind import mind
+
+INPUT_FEATURES = ("intensity", "mind")
+"""What the first convolution sees: the normalised intensities, or their MIND descriptors (``networks.mind``),
+computed inside the network from its one input channel."""
 
 IFE_LEVELS = (1, 2)
 """The encoder levels whose outputs IFE enhances (with ratios r0, r1): the two middle stages of a 4-level
@@ -23,8 +29,8 @@ U-Net. The enhanced features go down the encoder to the next stage; the skip con
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Shape of the U-Net: dimensionality, channels, depth and IFE variant (2D only; ``ife_ratios`` default
-    to the paper's best for the variant)."""
+    """Shape of the U-Net: dimensionality, channels, depth, IFE variant (2D only; ``ife_ratios`` default to the
+    paper's best for the variant) and input features (``INPUT_FEATURES``)."""
 
     dim: int = 3
     in_channels: int = 1
@@ -33,10 +39,15 @@ class UNetConfig:
     convs_per_level: int = 3
     ife: str = "none"
     ife_ratios: tuple[float, ...] = ()
+    input_features: str = "intensity"
 
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, not {self.dim}")
+        if self.input_features not in INPUT_FEATURES:
+            raise ValueError(f"input features must be one of {', '.join(INPUT_FEATURES)}, not {self.input_features!r}")
+        if self.input_features == "mind" and self.in_channels != 1:
+            raise ValueError(f"MIND describes one input channel, not {self.in_channels}")
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))
         if self.ife not in VARIANTS:
             raise ValueError(f"IFE variant must be one of {', '.join(VARIANTS)}, not {self.ife!r}")
@@ -126,7 +137,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         f, n, d = config.features, config.convs_per_level, config.dim
-        widths = [config.in_channels]
+        widths = [mind_channels(d) if config.input_features == "mind" else config.in_channels]
         self.enhance = nn.ModuleDict()
         for level in range(len(f) - 1):
             ratio = config.enhancement_ratio(level)
@@ -149,6 +160,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(batch, num_classes, *x.shape[2:])``; spatial sizes must divide ``config.divisor``."""
+        if self.config.input_features == "mind":
+            x = mind(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         pool = F.max_pool3d if self.config.dim == 3 else F.max_pool2d

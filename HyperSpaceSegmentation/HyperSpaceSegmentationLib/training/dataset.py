@@ -7,12 +7,17 @@
       "colors": {"1": [0.2, 0.4, 0.9]},
       "training": [{"id": "case1", "image": "images/case1.nii.gz", "label": "labels/case1.nii.gz"}],
       "validation": [{"id": "case2", "image": "images/case2.nii.gz", "label": "labels/case2.nii.gz"}],
-      "slice_axes": [0, 1, 2]
+      "slice_axes": [0, 1, 2],
+      "synthetic": {"fraction": 0.5}
     }
 
 Paths are relative to the JSON file. ``colors``, ``validation`` and ``slice_axes`` are optional; label ``0`` is
 background. ``slice_axes``: for a 2D model trained on 3D volumes, the axes (of the image reoriented to LPS) that
 its 2D slices are taken across: 0 L-R (sagittal slices), 1 P-A (coronal), 2 S-I (axial); all three by default.
+``synthetic``: a share of the training samples synthesised from the label maps, with a head around the labelled
+foreground (see ``synthesis.SynthesisConfig`` for its keys); off when absent. A case's optional ``generation``
+label map (on the image's grid) is what its synthetic images are drawn from instead of its ``label`` map: finer
+structures than those segmented, such as the tissues around a white-matter label (SynthSeg's generation labels).
 """
 
 from __future__ import annotations
@@ -21,9 +26,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..preprocessing import MODALITIES
+
+if TYPE_CHECKING:
+    from .synthesis import SynthesisConfig
+
+IGNORE = 255
+"""Label of training voxels the loss skips: outside the image, or unknown (a class index never reaches it)."""
 
 SLICE_AXES = {0: "L-R, sagittal slices", 1: "P-A, coronal", 2: "S-I, axial"}
 """Axes of a volume (LPS, as ``read_case`` returns it) that a 2D model's slices may be taken across."""
@@ -34,6 +46,7 @@ class Case:
     id: str
     image: Path
     label: Path
+    generation: Path | None = None  # labels to synthesise images from (default: ``label``)
 
 
 @dataclass
@@ -45,6 +58,7 @@ class Dataset:
     validation: list[Case] = field(default_factory=list)
     colors: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     slice_axes: tuple[int, ...] = ()  # empty: not given
+    synthetic: SynthesisConfig | None = None  # None: no synthetic samples
 
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
@@ -83,7 +97,14 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         validation=_cases(spec.get("validation", []), path, "validation"),
         colors=_colors(spec.get("colors", {}), labels, path),
         slice_axes=_slice_axes(spec.get("slice_axes"), path),
+        synthetic=_synthetic(spec.get("synthetic"), path),
     )
+
+
+def _synthetic(entry: object, json_path: Path) -> SynthesisConfig | None:
+    from .synthesis import SynthesisConfig  # synthesis imports this module's IGNORE
+
+    return None if entry is None else SynthesisConfig.from_spec(entry, f"dataset file {json_path}")
 
 
 def slice_axes_problem(axes: object) -> str | None:
@@ -131,12 +152,14 @@ def _cases(entries: list, json_path: Path, section: str) -> list[Case]:
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise UserError(f"dataset file {json_path}: {section} case {index} needs 'image' and 'label' paths")
+        generation = entry.get("generation")
         case = Case(
             id=str(entry.get("id", f"{section}-{index}")),
             image=(json_path.parent / entry["image"]).resolve(),
             label=(json_path.parent / entry["label"]).resolve(),
+            generation=None if generation is None else (json_path.parent / str(generation)).resolve(),
         )
-        for file in (case.image, case.label):
+        for file in (case.image, case.label) + ((case.generation,) if case.generation else ()):
             if not file.exists():
                 raise UserError(f"dataset file {json_path}: {file} of case {case.id} does not exist")
         cases.append(case)

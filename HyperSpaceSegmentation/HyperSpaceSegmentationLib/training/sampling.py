@@ -13,6 +13,10 @@ axis drawn from ``slice_axes``, normalises it as a 2D image, and makes the patch
 
 Patch voxels beyond the image get the modality's outside intensity (``Normalisation.outside_value``: air for
 CT) and the label ``IGNORE``, which the loss skips: what lies outside a scan teaches the model nothing.
+
+With ``synthesis`` (3D models), a share of the samples replaces the crop of the real image by an image
+synthesised from the labels with a head around the brain (``synthesis``), normalised as a scan is; everything
+after the crop is the same for both.
 """
 
 from __future__ import annotations
@@ -30,10 +34,8 @@ from ..errors import UserError
 from ..geometry import antialias_sigmas, canonical, grid_difference, smooth
 from ..io.images import check_image, read_image
 from ..preprocessing import Normalisation
-from .dataset import SLICE_AXES, Case
-
-IGNORE = 255
-"""Label of patch voxels outside the image: excluded from the loss (a class index never reaches it)."""
+from .dataset import IGNORE, SLICE_AXES, Case
+from .synthesis import SynthesisConfig, SyntheticHead
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class SamplingConfig:
     foreground_fraction: float = 0.33
     augment: bool = True
     slice_axes: tuple[int, ...] = tuple(SLICE_AXES)  # a 2D sampler on volumes: the axes slices are taken across
+    synthesis: SynthesisConfig | None = None  # 3D: images synthesised from the labels for a share of the samples
 
 
 def read_case(case: Case, label_values: Sequence[int], dim: int) -> tuple[sitk.Image, np.ndarray]:
@@ -88,6 +91,29 @@ def read_case(case: Case, label_values: Sequence[int], dim: int) -> tuple[sitk.I
     return image, classes
 
 
+def read_generation(case: Case) -> np.ndarray | None:
+    """The case's generation label map (LPS axes, as ``read_case`` returns the image), or ``None`` without one; a
+    one-line ``UserError`` unless it is an integer map on the image's grid."""
+    if case.generation is None:
+        return None
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(case.image))
+    header.ReadImageInformation()
+    generation = read_image(case.generation)
+    reference = sitk.Image(header.GetSize(), sitk.sitkUInt8)
+    reference.SetSpacing(header.GetSpacing())
+    reference.SetOrigin(header.GetOrigin())
+    reference.SetDirection(header.GetDirection())
+    where = f"case {case.id}: generation label map {case.generation}"
+    if difference := grid_difference(reference, generation):
+        raise UserError(f"{where} is not on the grid of its image {case.image} ({difference}): resample it onto the "
+                        "image's grid (nearest neighbour)")
+    values = sitk.GetArrayFromImage(canonical(generation))
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        raise UserError(f"{where} holds non-integer values (is it an intensity image?): give a label map")
+    return values.astype(np.int64)
+
+
 class LoadedCase:
     """A training case held in memory for a ``dim``-D model: image, labels as class indices, foreground voxels.
 
@@ -95,8 +121,11 @@ class LoadedCase:
     it is normalised as a 2D image (``slice``), as ``hyperspace segment`` normalises the slices it segments.
     """
 
-    def __init__(self, image: sitk.Image, classes: np.ndarray, normalisation: Normalisation, dim: int) -> None:
+    def __init__(self, image: sitk.Image, classes: np.ndarray, normalisation: Normalisation, dim: int,
+                 synthesise: bool = False, generation: np.ndarray | None = None) -> None:
         array = sitk.GetArrayViewFromImage(image)
+        # what synthetic samples are made from (volumes only), from ``generation`` labels if given
+        self.synthetic = SyntheticHead(image, classes, generation) if synthesise and image.GetDimension() == 3 else None
         by_slice = image.GetDimension() > dim
         self.image = sitk.GetImageFromArray(array.astype(np.float32) if by_slice else normalisation.apply(array))
         self.image.CopyInformation(image)
@@ -145,7 +174,9 @@ class PatchSampler:
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         case = self.cases[rng.integers(len(self.cases))]
         spacing = self.spacing(rng)
-        source, source_labels, index = self._source(case, self._centre_index(case, rng), rng)
+        synthesis = self.config.synthesis
+        synthetic = case.synthetic is not None and synthesis is not None and rng.random() < synthesis.fraction
+        source, source_labels, index = self._source(case, self._centre_index(case, rng), rng, synthetic)
         centre = np.array(source.TransformContinuousIndexToPhysicalPoint(index.tolist()))
         direction = np.array(source.GetDirection()).reshape(self.dim, self.dim)
         augment = self.config.augment
@@ -167,7 +198,12 @@ class PatchSampler:
         if augment and rng.random() < 0.2:
             sigmas = [s + rng.uniform(0.25, 0.75) * sp for s, sp in zip(sigmas, spacing)]
         radius = 0.5 * float(np.linalg.norm(spacing * patch)) * max(scale, 1.0) * 1.3 + 4 * max(sigmas) + 4
-        image_crop, label_crop = _crop(source, centre, radius), _crop(source_labels, centre, radius)
+        if synthetic and self.dim == 3:
+            image_crop, label_crop = self._synthetic_crop(case, centre, radius, spacing * scale, rng)
+        else:  # a real image, or a synthetic slice (2D)
+            image_crop, label_crop = _crop(source, centre, radius), _crop(source_labels, centre, radius)
+        if synthetic:
+            sigmas = [s * rng.uniform(1.0, 1.5) for s in sigmas]  # acquisitions blur a little more or less
         image = sitk.Resample(smooth(image_crop, sigmas), reference, transform, sitk.sitkLinear, case.outside_value,
                               sitk.sitkFloat32)
         labels = sitk.Resample(label_crop, reference, transform, sitk.sitkNearestNeighbor, IGNORE, sitk.sitkUInt8)
@@ -180,6 +216,21 @@ class PatchSampler:
                     image_array, label_array = np.flip(image_array, axis), np.flip(label_array, axis)
         return np.ascontiguousarray(image_array), np.ascontiguousarray(label_array), spacing[::-1].copy()
 
+    def _synthetic_crop(self, case: LoadedCase, centre: np.ndarray, radius: float, spacing: np.ndarray,
+                        rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image]:
+        """A synthetic head's crop around ``centre`` (normalised as the case is) and its labels."""
+        head = case.synthetic
+        low, high = _crop_box(head.image, centre, radius)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))
+        raw, labels = head.synthesise(box, head.crop_stride(spacing), rng, self.config.synthesis)
+        image = sitk.GetImageFromArray(case.normalisation.apply(sitk.GetArrayViewFromImage(raw)))
+        image.CopyInformation(raw)
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.SetSpacing(head.image.GetSpacing())
+        label_image.SetDirection(head.image.GetDirection())
+        label_image.SetOrigin(head.image.TransformIndexToPhysicalPoint([int(v) for v in low]))
+        return image, label_image
+
     def _centre_index(self, case: LoadedCase, rng: np.random.Generator) -> np.ndarray:
         """The patch centre, a continuous voxel index (i, j, k) of the case: a voxel of a random foreground class
         with probability ``foreground_fraction``, else anywhere."""
@@ -188,15 +239,27 @@ class PatchSampler:
             return voxels[rng.integers(len(voxels))].astype(float)
         return rng.uniform(0, np.array(case.image.GetSize()) - 1)
 
-    def _source(self, case: LoadedCase, index: np.ndarray,
-                rng: np.random.Generator) -> tuple[sitk.Image, sitk.Image, np.ndarray]:
+    def _source(self, case: LoadedCase, index: np.ndarray, rng: np.random.Generator,
+                synthetic: bool) -> tuple[sitk.Image, sitk.Image, np.ndarray]:
         """(image, labels, the centre's continuous index in them) that a patch centred on voxel ``index`` of the case
         is drawn from: the case itself, or for a volume and a 2D patch, the slice through ``index`` across an axis
-        drawn from ``slice_axes``."""
+        drawn from ``slice_axes`` (``synthetic``: that slice of a synthetic head, normalised as a 2D image)."""
         if case.image.GetDimension() == self.dim:
             return case.image, case.labels, index
         axis = self.config.slice_axes[rng.integers(len(self.config.slice_axes))]
-        return (*case.slice(axis, round(index[axis])), np.delete(index, axis))
+        if not synthetic:
+            return (*case.slice(axis, round(index[axis])), np.delete(index, axis))
+        head = case.synthetic
+        box = [slice(0, n) for n in head.generation.shape]
+        position = round(index[axis]) + head.padding[2 - axis]
+        box[2 - axis] = slice(position, position + 1)
+        raw, labels = head.synthesise(tuple(box), 1, rng, self.config.synthesis)
+        label_image = sitk.GetImageFromArray(labels)
+        label_image.CopyInformation(raw)
+        raw, labels = volume_slice(raw, axis, 0), volume_slice(label_image, axis, 0)
+        image = sitk.GetImageFromArray(case.normalisation.apply(sitk.GetArrayViewFromImage(raw)))
+        image.CopyInformation(raw)
+        return image, labels, np.delete(index + np.array(head.padding[::-1]), axis)
 
 
 def _random_matrix(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -246,12 +309,18 @@ def volume_slice(volume: sitk.Image, axis: int, position: int) -> sitk.Image:
 
 def _crop(image: sitk.Image, centre: np.ndarray, radius: float) -> sitk.Image:
     """The part of ``image`` within ``radius`` mm of ``centre`` (index box), at least one voxel."""
+    low, high = _crop_box(image, centre, radius)
+    return sitk.RegionOfInterest(image, (high - low).tolist(), low.tolist())
+
+
+def _crop_box(image: sitk.Image, centre: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """The index box ``[low, high)`` (i, j, k) of ``image`` within ``radius`` mm of ``centre``, at least one voxel."""
     index = np.array(image.TransformPhysicalPointToContinuousIndex(centre.tolist()))
     half = radius / np.array(image.GetSpacing())
     size = np.array(image.GetSize())
     low = np.clip(np.floor(index - half), 0, size - 1).astype(int)
     high = np.clip(np.ceil(index + half) + 1, low + 1, size).astype(int)
-    return sitk.RegionOfInterest(image, (high - low).tolist(), low.tolist())
+    return low, high
 
 
 def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

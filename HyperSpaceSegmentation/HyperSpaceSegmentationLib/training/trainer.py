@@ -26,13 +26,14 @@ from ..errors import UserError
 from ..evaluation.metrics import METRICS, Comparison, compute
 from ..inference import Segmenter, Slices, SpacingRequest
 from ..io.images import atomic_output, check_writable, output_folder
-from ..io.model_file import METHODS, SegmentationModel, build_network, save_model
+from ..io.model_file import METHODS, SegmentationModel, build_network, load_model, save_model
 from ..networks import HyperConfig, HyperSpaceNet, UNetConfig
+from ..networks.unet import INPUT_FEATURES
 from ..preprocessing import fit_normalisation
 from ..progress import Reporter
 from ..system import resolve_device
 from .dataset import SLICE_AXES, Dataset, load_dataset, slice_axes_problem
-from .sampling import IGNORE, LoadedCase, PatchSampler, PatchStream, SamplingConfig, read_case
+from .sampling import IGNORE, LoadedCase, PatchSampler, PatchStream, SamplingConfig, read_case, read_generation
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainConfig:
     dim: int = 3
     ife: str = "none"  # 2D: Instructive Feature Enhancement variant (networks.ife)
     ife_ratios: tuple[float, ...] = ()  # empty: the paper's for the variant
+    input_features: str = "intensity"  # or "mind": the network sees MIND descriptors (networks.mind)
     slice_axes: tuple[int, ...] = ()  # a 2D model on volumes: axes slices are taken across (empty: dataset's, or all)
     spacing_min: float = 0.8
     spacing_max: float = 3.5
@@ -61,6 +63,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"
     augment: bool = True
+    init: str | None = None  # a model file whose weights the run starts from
     notes: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -75,6 +78,8 @@ class TrainConfig:
             raise UserError(f"--spacing-range {self.spacing_min:g} {self.spacing_max:g}: give 0 < MIN <= MAX in mm")
         if self.fixed_spacing is not None and not self.fixed_spacing > 0:
             raise UserError(f"--fixed-spacing {self.fixed_spacing:g}: give a positive spacing in mm")
+        if self.input_features not in INPUT_FEATURES:
+            raise UserError(f"--input {self.input_features}: choose one of {', '.join(INPUT_FEATURES)}")
         if not self.features or min(self.features) < 1:
             raise UserError(f"--features {' '.join(map(str, self.features))}: give positive feature counts, one per level")
         if self.ife != "none" and self.dim != 2:
@@ -104,11 +109,12 @@ class TrainConfig:
     def unet_config(self, num_classes: int) -> UNetConfig:
         """The U-Net these settings train (one input channel)."""
         return UNetConfig(self.dim, 1, num_classes, tuple(self.features), ife=self.ife,
+                          input_features=self.input_features,
                           ife_ratios=tuple(self.ife_ratios))
 
 
 # settings a resumed run may change: how it runs, and (extending the run) how long
-_CHANGEABLE_ON_RESUME = {"output", "iterations", "workers", "checkpoint_every", "device", "notes"}
+_CHANGEABLE_ON_RESUME = {"output", "iterations", "workers", "checkpoint_every", "device", "notes", "init"}
 
 
 def resumed_config(output: str | os.PathLike, options: dict) -> TrainConfig:
@@ -210,11 +216,17 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
     normalisation = fit_normalisation(
         dataset.modality, [(sitk.GetArrayViewFromImage(image), classes) for image, classes in training]
     )
-    cases = [LoadedCase(image, classes, normalisation, config.dim) for image, classes in training]
+    synthesise = dataset.synthetic is not None
+    if synthesise and all(image.GetDimension() == 2 for image, _ in training):
+        raise UserError(f"dataset file {config.dataset}: 'synthetic' images are drawn from volumes (heads around "
+                        "3D label maps), and its images are 2D: remove 'synthetic', or give volumes")
+    cases = [LoadedCase(image, classes, normalisation, config.dim, synthesise,
+                        read_generation(case) if synthesise else None)
+             for (image, classes), case in zip(training, dataset.training)]
     fixed = (config.fixed_spacing,) * config.dim if config.fixed_spacing else None
     sampler = PatchSampler(cases, SamplingConfig(
         (config.patch,) * config.dim, config.spacing_min, config.spacing_max, fixed, augment=config.augment,
-        slice_axes=config.slice_axes,
+        slice_axes=config.slice_axes, synthesis=dataset.synthetic,
     ))
     unet_config = config.unet_config(len(label_values))
     hyper_config = HyperConfig(config.hidden, 3, config.rank, config.spacing_min, config.spacing_max)
@@ -224,6 +236,8 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
         fixed, dataset.colors,
     )
     trainable = model.trainable()
+    if config.init and not checkpoint:
+        _initialise(model, config.init)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=config.learning_rate)
     step, history, validation_history = 0, [], []
     if checkpoint:
@@ -285,6 +299,24 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
         dist.barrier()
         dist.destroy_process_group()
     return model_path
+
+
+def _initialise(model: SegmentationModel, path: str) -> None:
+    """``model``'s trained weights set to those of the model file ``path``, which must be of the same method, network
+    shape and label count (``--init``); a one-line ``UserError`` otherwise."""
+    source = load_model(path)
+    ours = (model.method, model.unet_config.to_dict(), _hyper_dict(model), len(model.labels))
+    theirs = (source.method, source.unet_config.to_dict(), _hyper_dict(source), len(source.labels))
+    for what, a, b in zip(("method", "U-Net", "hypernetwork", "label count"), ours, theirs):
+        if a != b:
+            raise UserError(f"--init {path}: its {what} ({b}) differs from this run's ({a}): start from a model trained "
+                            "with the same --method, --dim, --features, --rank and labels, or leave --init out")
+    model.trainable().load_state_dict(source.trainable().state_dict())
+
+
+def _hyper_dict(model: SegmentationModel) -> dict | None:
+    network = model.network
+    return network.hypernet.config.to_dict() if isinstance(network, HyperSpaceNet) else None
 
 
 def validation_dice(
@@ -351,6 +383,7 @@ def _describe(config: TrainConfig) -> str:
     spacing = (f"fixed spacing {config.fixed_spacing:g} mm" if config.fixed_spacing
                else f"spacing {config.spacing_min:g}-{config.spacing_max:g} mm")
     network = f"{config.dim}D" + (f" with IFE {config.ife}" if config.ife != "none" else "")
+    network += " on MIND descriptors" if config.input_features == "mind" else ""
     slices = f", slices across axes {' '.join(map(str, config.slice_axes))}" if config.slice_axes else ""
     return (f"method {config.method}, {network}{slices}, {spacing}, patch {config.patch}, batch {config.batch_size}, "
             f"learning rate {config.learning_rate:g}, features {' '.join(map(str, config.features))}, "
