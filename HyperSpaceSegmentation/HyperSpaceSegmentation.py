@@ -127,6 +127,8 @@ class HyperSpaceSegmentationParameterNode:
     (in the .ui) is the field's name."""
 
     inputVolume: vtkMRMLScalarVolumeNode
+    maskSegmentation: vtkMRMLSegmentationNode
+    maskSegmentName: str = ""
     useEmbeddedModel: bool = True
     modelFiles: str = ""
     segmentationMode: SegmentationMode = SegmentationMode.VOLUME
@@ -189,6 +191,8 @@ def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
         "slice_index": None,
         "tta": True if parameters.testTimeAugmentation else None, "uncertainty": parameters.computeUncertainty,
         "postprocessing": postprocessing or None,
+        "restrict_to": ((parameters.maskSegmentation, parameters.maskSegmentName)
+                        if parameters.maskSegmentation else None),
     }
 
 

@@ -327,3 +327,32 @@ def test_input_spacing_replaces_a_lost_header_spacing(scene, logic, tmp_path, mo
     result = logic.segment(node, "native", model=model_file, device="cpu", input_spacing=(1.3, 0.9, 2.2))
     np.testing.assert_array_equal(labels_on_volume_grid(result, node), expected)
     assert_on_grid_of(result, lost)
+
+
+def test_restrict_to_a_segment_matches_the_command_lines_mask(scene, logic, tmp_path, model_file):
+    """A brain-mask-like segment of another segmentation node: the result is background outside it, and equals the
+    command line with the same mask (--mask); a missing or empty segment is a one-line error."""
+    image, _ = asymmetric_phantom(size=(22, 20, 14), spacing=(1.3, 0.9, 2.2), direction=OBLIQUE)
+    sitk.WriteImage(image, str(tmp_path / "scan.nrrd"))
+    half = np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8)
+    half[:, :, :11] = 1  # the first half along i
+    mask = sitk.GetImageFromArray(half)
+    mask.CopyInformation(image)
+    write_labels(mask, tmp_path / "mask.seg.nrrd", {0: "background", 1: "half"})
+    assert cli.main(["segment", str(tmp_path / "scan.nrrd"), "-o", str(tmp_path / "cli.nrrd"), "--model",
+                     str(model_file), "--device", "cpu", "--mask", str(tmp_path / "mask.seg.nrrd"), "--quiet"]) == 0
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cli.nrrd")))
+    assert np.all(expected[:, :, 11:] == 0) and (expected[:, :, :11] > 0).any()
+    node = volume_node(image)
+    brain = segmentation_node(tmp_path / "mask.seg.nrrd")
+    result = logic.segment(node, "native", model=model_file, device="cpu", restrict_to=(brain, "half"))
+    np.testing.assert_array_equal(labels_on_volume_grid(result, node), expected)
+    first = logic.segment(node, "native", model=model_file, device="cpu", restrict_to=(brain, ""))  # its only one
+    np.testing.assert_array_equal(labels_on_volume_grid(first, node), expected)
+    with pytest.raises(UserError, match="has no segment named 'brain'"):
+        logic.segment(node, restrict_to=(brain, "brain"))
+    far = sitk.Image(mask)
+    far.SetOrigin((900.0, 0.0, 0.0))
+    write_labels(far, tmp_path / "far.seg.nrrd", {0: "background", 1: "half"})
+    with pytest.raises(UserError, match="covers none of"):
+        logic.segment(node, restrict_to=(segmentation_node(tmp_path / "far.seg.nrrd"), "half"))

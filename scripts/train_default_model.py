@@ -142,8 +142,9 @@ def model_card(rows: list[dict], command: str, model_path: Path, training: dict)
 
 **File**: `brain-tissue-mni152.pt` ({size_mb:.1f} MB), the default model of the `hyperspace` command.
 
-**Task**: tissue classes of skull-stripped T1-weighted brain MRI: 0 background, 1 CSF (and other non-GM/WM
-tissue inside the brain mask), 2 grey matter, 3 white matter.
+**Task**: tissue classes of T1-weighted brain MRI, skull-stripped or a raw head with skull and scalp: 0 background
+(everything outside the brain), 1 CSF (and other non-GM/WM tissue inside the brain mask), 2 grey matter, 3 white
+matter.
 
 **Method**: HyperSpace: an MLP hypernetwork (3 hidden layers of {training['config']['hidden']}, low-rank heads of rank
 {training['config']['rank']}) generates all weights of a 4-level 3D U-Net (features {training['config']['features']}, 3
@@ -151,7 +152,9 @@ convolution blocks per level) from the voxel spacing. Trained with a random spac
 **{training['config']['spacing_min']}-{training['config']['spacing_max']} mm per axis** (isotropic half of the time, anisotropic
 otherwise), patches of {training['config']['patch']}^3 voxels, batch {training['config']['batch_size']}, Adam
 (learning rate {training['config']['learning_rate']}, polynomial decay), Dice + cross-entropy, {training['iterations']}
-iterations ({training['seconds'] / 60:.0f} min on {training['device']}, {training.get('machine', 'see BENCHMARKS')}).
+iterations ({training['seconds'] / 60:.0f} min on {training['device']}, {training.get('machine', 'see BENCHMARKS')}){_started(training)}.
+{_synthesis(training)} MR normalisation version {training.get('normalisation_version', 2)}: background 0, the 95th
+percentile of Otsu's foreground 1 (see the README).
 
 **Data**: the MNI ICBM152 2009a nonlinear symmetric template (one averaged brain, 1 mm), as shipped in nilearn.
 Labels: the most likely of (1 - GM - WM, GM, WM) inside the T1 brain mask. Axial slices {VALIDATION_BAND[0]}-{VALIDATION_BAND[1] - 1}
@@ -162,8 +165,11 @@ rotation, scaling, elastic deformation, contrast, gamma, smooth multiplicative f
 whole 197x233x189 volume on the training machine's CPU):
 
 {table}
-**Limits**: one subject (a template) is all it has seen: expect lower accuracy on real scans with other
-contrast, field strength or pathology; it expects skull-stripped T1. Use it to try the tool, then train your own.
+**Robustness** (raw heads, halo, bias field, noise, low resolution, other contrasts, real heads from packages):
+docs/BENCHMARKS.md, "Scans users load", measured with `benchmarks/head_robustness.py`.
+
+**Limits**: one subject (a template) and images synthesised from it are all it has seen: expect lower accuracy on
+real scans with other contrast, field strength or pathology. Use it to try the tool, then train your own.
 
 **Reproduce**:
 
@@ -175,6 +181,21 @@ contrast, field strength or pathology; it expects skull-stripped T1. Use it to t
 
 {NOTICE}
 """
+
+
+def _started(training: dict) -> str:
+    init = training.get("config", {}).get("init")
+    return f", starting from the weights of {Path(init).name}" if init else ""
+
+
+def _synthesis(training: dict) -> str:
+    share = training.get("synthetic_fraction")
+    if not share:
+        return "Real template images only."
+    return (f"{share:.0%} of the samples are synthesised from the tissue map (`\"synthetic\"` in the dataset JSON: a "
+            "random contrast per label or the template's own intensities, a head of random layers around the brain - "
+            "skull, diploe, scalp, fat, muscle, eyes, neck, air - or a stripped brain with or without a halo, bias "
+            "field, gamma, noise, cut fields of view; README, Train).")
 
 
 def main() -> None:
@@ -189,13 +210,19 @@ def main() -> None:
     parser.add_argument("--init", default=None, help="start from this model file's weights")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--machine", default="", help="a description of the machine, for the model card")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="validate and install this trained model instead of training (a run of this recipe)")
     args = parser.parse_args()
-    command = "python scripts/train_default_model.py " + " ".join(sys.argv[1:])
+    words = sys.argv[1:]
+    if "--model" in words:  # the card shows the command that trains the model, not the one that installs it
+        at = words.index("--model")
+        words = words[:at] + words[at + 2:]
+    command = "python scripts/train_default_model.py " + " ".join(words)
     dataset = prepare(args.work, args.synthetic)
     config = TrainConfig(dataset=str(dataset), output=str(args.work / "run"), iterations=args.iterations,
                          workers=args.workers, device=args.device, init=args.init, learning_rate=args.learning_rate,
-                         notes={"machine": args.machine})
-    model_path = train(config, resume=args.resume, overwrite=True)
+                         notes={"machine": args.machine, "synthetic_fraction": args.synthetic})
+    model_path = args.model or train(config, resume=args.resume, overwrite=True)
     rows = validate(model_path, args.work)
     MODELS.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, MODELS / "brain-tissue-mni152.pt")

@@ -380,7 +380,7 @@ class HyperSpaceMRMLLogic:
                 wait: bool = True, max_voxels: float | None = None, max_seconds: float | None = None,
                 input_spacing: Sequence[float] | None = None, mode: str = "3d", axis: int = 2,
                 slice_index: int | None = None, tta: bool | Sequence[int] | None = None, uncertainty: bool = False,
-                postprocessing: dict | None = None) -> Any:
+                postprocessing: dict | None = None, restrict_to: tuple[Any, str] | None = None) -> Any:
         """Segment ``volumeNode`` with ``model`` (default: the embedded model of ``mode``) at ``spacing`` ("native",
         "auto", one value in mm, or one per axis as on the command line: x y z, in 2D the slice plane's two) and
         return a new ``vtkMRMLSegmentationNode`` on the volume's grid, next to it in the subject hierarchy; with
@@ -396,11 +396,14 @@ class HyperSpaceMRMLLogic:
         node "<volume> uncertainty" on the volume's grid (heat-map colours, window 0 to 1): ``job.uncertainty``, and
         the segmentation's node reference ``UNCERTAINTY_REFERENCE_ROLE``. ``postprocessing`` is a dict with any of
         ``"remove_smaller_than"``: MM3, or (MM3, labels), or a list of such pairs; ``"largest_component"`` and
-        ``"fill_holes"``: True (every class) or a sequence of label values (see ``postprocessing_words``)."""
+        ``"fill_holes"``: True (every class) or a sequence of label values (see ``postprocessing_words``).
+        ``restrict_to``: ``(segmentation node, segment name)``, such as a brain mask: the result is background outside
+        that segment (``--mask``); an empty name means the node's first segment."""
         import slicer
 
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
             raise UserError("select a scalar volume node with image data to segment")
+        mask = _segment_mask(restrict_to, volumeNode) if restrict_to is not None else None
         words = _spacing_words(spacing, max_voxels, max_seconds)  # the command line's own checks, before any work
         mode_words = _mode_words(mode, axis, slice_index, volumeNode.GetImageData().GetDimensions())
         models = _model_paths(model)
@@ -425,6 +428,8 @@ class HyperSpaceMRMLLogic:
                 command += ["--input-spacing", *(repr(float(v)) for v in input_spacing)]
             if uncertainty_file is not None:
                 command += ["--uncertainty", uncertainty_file]
+            if mask is not None:
+                command += ["--mask", _write_mask(mask, volumeNode, os.path.join(folder, "mask.nrrd"))]
             job = SegmentationJob(command + extra, folder, output, volumeNode, uncertainty_file)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -581,6 +586,41 @@ class HyperSpaceMRMLLogic:
         slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(uncertaintyNode.GetParentTransformNode(), None, to_world)
         return _jump_to_ranked_slice(values, _ijk_to_ras(uncertaintyNode), to_world, sliceNode, rank, lambda count: (
             f"{uncertaintyNode.GetName()} is above 0 on {count} slices, so there is no slice of rank {rank}"))
+
+
+def _segment_mask(restrict_to: tuple[Any, str], volumeNode: Any) -> np.ndarray:
+    """The voxels of ``volumeNode`` (array order k, j, i) inside the segment ``restrict_to = (node, name)``."""
+    import slicer.util
+
+    try:
+        node, name = restrict_to
+    except (TypeError, ValueError):
+        raise UserError("restrict_to must be (segmentation node, segment name)") from None
+    if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+        raise UserError("restrict the result to a segment of a segmentation node: select one, or none")
+    segmentation = node.GetSegmentation()
+    if not name and segmentation.GetNumberOfSegments():
+        name = segmentation.GetSegment(segmentation.GetNthSegmentID(0)).GetName()
+    segment_id = segmentation.GetSegmentIdBySegmentName(str(name))
+    if not segment_id:
+        names = ", ".join(_segment_names(node)) or "none"
+        raise UserError(f"segmentation {node.GetName()} has no segment named {name!r} (segments: {names}): choose one")
+    mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, volumeNode) > 0
+    if not mask.any():
+        raise UserError(f"segment {name!r} of {node.GetName()} covers none of {volumeNode.GetName()}'s voxels: paint it, "
+                        "or choose another segment")
+    return mask
+
+
+def _write_mask(mask: np.ndarray, volumeNode: Any, path: str) -> str:
+    """``mask`` written as a label map on the grid of ``volumeNode`` (as the engine's input file); returns ``path``."""
+    import SimpleITK as sitk
+
+    grid = _grid_image(volumeNode.GetImageData().GetDimensions(), _ijk_to_ras(volumeNode))
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.CopyInformation(grid)
+    sitk.WriteImage(image, path, useCompression=True)
+    return path
 
 
 def _load_segmentation(path: str, volumeNode: Any) -> Any:
