@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, DEFAULT_MODEL_2D, main
 from HyperSpaceSegmentationLib.geometry import voxels_at
@@ -65,12 +66,48 @@ def test_tissue_maps_at_native_coarse_and_auto_spacings(t1_and_tissue, segmenter
         if request.mode == "auto":
             assert 1.5 < spacing[0] < 3.5
     # CSF, grey and white matter agree with the template's own map (thin CSF suffers most at coarse spacings)
-    assert results["native"][0] > 0.5 and min(results["native"][1:]) > 0.9
+    assert results["native"][0] > 0.55 and min(results["native"][1:]) > 0.88, results["native"]
     for mode in ("explicit", "auto"):
-        assert results[mode][0] > 0.4 and min(results[mode][1:]) > 0.85, (mode, results[mode])
+        assert results[mode][0] > 0.35 and min(results[mode][1:]) > 0.75, (mode, results[mode])
     assert results["native"][1] > results["auto"][1] > results["explicit"][1]  # finer is more accurate ...
     # ... and coarser is cheaper: 3 mm works on an eighth of the voxels of 1.5 mm, auto within its budget
     assert voxels["explicit"] * 7.5 < voxels["native"] and voxels["auto"] <= 600_000 < voxels["native"]
+
+
+def scan_at(t1: sitk.Image, spacing: float) -> sitk.Image:
+    """The template acquired at ``spacing`` mm: Gaussian anti-aliasing, then linear resampling."""
+    grid = sitk.Image([round(n / spacing) for n in t1.GetSize()], sitk.sitkUInt8)
+    grid.SetSpacing((spacing,) * 3)
+    grid.SetDirection(t1.GetDirection())
+    grid.SetOrigin(t1.TransformContinuousIndexToPhysicalPoint([(spacing - 1) / 2] * 3))
+    smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(t1, sitk.sitkFloat32), (spacing - 1) / 2)
+    return sitk.Resample(smooth, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def scores(segmenter, scan: sitk.Image, truth_image: sitk.Image) -> list[float]:
+    """Dice of CSF, grey and white matter at the scan's native spacing, on the scan's grid."""
+    truth = sitk.GetArrayFromImage(sitk.Resample(truth_image, scan, sitk.Transform(), sitk.sitkNearestNeighbor))
+    spacing = segmenter.choose_spacing(scan, SpacingRequest("native")).spacing
+    result = sitk.GetArrayFromImage(segmenter.segment(scan, spacing, Reporter(3, quiet=True)))
+    return [dice(result == value, truth == value) for value in (1, 2, 3)]
+
+
+def test_a_halo_and_a_coarse_acquisition_keep_every_tissue(t1_and_tissue, segmenter):
+    """What broke the model trained on the template alone (docs/BENCHMARKS.md, scans users load): the faint halo a
+    stripped scan gets when resampled after stripping took CSF to 0, and so did a scan acquired at 3 mm."""
+    t1, tissue = t1_and_tissue
+    truth_image = sitk.GetImageFromArray(tissue.astype(np.uint8))
+    truth_image.CopyInformation(t1)
+    scan = scan_at(t1, 2.0)
+    array = sitk.GetArrayFromImage(scan)
+    brain = sitk.GetArrayFromImage(sitk.Resample(truth_image, scan, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+    halo = sitk.GetImageFromArray(np.where(brain, array, ndimage.gaussian_filter(array, 1.0)).astype(np.float32))
+    halo.CopyInformation(scan)
+    clean, haloed = scores(segmenter, scan, truth_image), scores(segmenter, halo, truth_image)
+    assert clean[0] > 0.45 and min(clean[1:]) > 0.8, clean
+    assert all(h > c - 0.05 for h, c in zip(haloed, clean)), (clean, haloed)
+    coarse = scores(segmenter, scan_at(t1, 3.0), truth_image)
+    assert coarse[0] > 0.3 and min(coarse[1:]) > 0.75, coarse
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL_2D.exists(), reason="needs the embedded 2D model")

@@ -206,3 +206,18 @@ def test_synthesis_needs_volumes(tmp_path, capsys):
                  "--iterations", "1", "--patch", "16", "--quiet"])
     error = capsys.readouterr().err
     assert code == 2 and "'synthetic' images are drawn from volumes" in error and error.count("\n") == 1
+
+
+def test_a_generation_map_off_the_image_grid_is_one_line(dataset_json, tmp_path, capsys):
+    spec = json.loads(dataset_json.read_text())
+    image = sitk.ReadImage(str(tmp_path / spec["training"][0]["label"]))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "generation.nii.gz"))
+    spec["training"][0]["generation"] = "generation.nii.gz"
+    spec["synthetic"] = {"fraction": 0.5}
+    dataset_json.write_text(json.dumps(spec))
+    code = main(["train", str(dataset_json), "-o", str(tmp_path / "run"), "--iterations", "1", "--patch", "16",
+                 "--device", "cpu", "--quiet"])
+    error = capsys.readouterr().err
+    assert code == 2 and "generation label map" in error and "not on the grid of its image" in error
+    assert error.count("\n") == 1 and not (tmp_path / "run").exists()

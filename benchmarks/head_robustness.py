@@ -23,6 +23,9 @@ Conditions, all from the MNI ICBM152 2009a template in nilearn (the held-out ban
   (CSF bright and white matter dark; grey matter above white matter and CSF brightest).
 - ``oblique 20``: the clean template on a grid rotated 20 degrees, with wide empty corners.
 
+With ``--model-2d``, a 2D white-matter model segments the axial slices of some conditions (``CONDITIONS_2D``) and
+its white matter is scored alike.
+
 With ``--testdata FOLDER``, real scans found in packages (testing only, never training or tuning; docs/BENCHMARKS.md
 says where each comes from): each head with skull is segmented, and ``outside`` is the share of the labelled voxels
 outside its brain mask; where the same subject's skull-stripped scan exists (Colin27), that scan is segmented too
@@ -49,7 +52,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from HyperSpaceSegmentationLib.geometry import canonical  # noqa: E402
-from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest  # noqa: E402
+from HyperSpaceSegmentationLib.inference import Segmenter, Slices, SpacingRequest  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
 from HyperSpaceSegmentationLib.progress import Reporter  # noqa: E402
 from HyperSpaceSegmentationLib.training.synthesis import SynthesisConfig, SyntheticHead  # noqa: E402
@@ -57,6 +60,8 @@ from robustness_bench import bias_field  # noqa: E402
 from train_default_model import VALIDATION_BAND, template, tissue_map  # noqa: E402
 
 CLASSES = {1: "CSF", 2: "GM", 3: "WM"}
+WHITE_MATTER_2D = {1: "WM"}  # a 2D white-matter model's label 1 against the tissue map's 3
+CONDITIONS_2D = ("clean", "raw head (seed 1)", "halo", "bias 0.7-1.4", "T2-like")
 T1_HEAD = SynthesisConfig(fraction=1.0, head=1.0, halo=0.0, real_intensities=1.0, partial_view=0.0)
 
 
@@ -159,12 +164,15 @@ def real_heads(folder: Path, segmenters: dict[str, Segmenter]) -> list[dict]:
     return rows
 
 
-def score(result: sitk.Image, scan: sitk.Image, t1: sitk.Image, reference: np.ndarray, seconds: float) -> dict:
-    """Dice per class in the held-out band (on the template grid) and the share labelled outside the brain."""
+def score(result: sitk.Image, scan: sitk.Image, t1: sitk.Image, reference: np.ndarray, seconds: float,
+          two_d: bool = False) -> dict:
+    """Dice per class in the held-out band (on the template grid) and the share labelled outside the brain; a 2D
+    white-matter model's label 1 is scored against the tissue map's white matter."""
     on_template = sitk.GetArrayFromImage(sitk.Resample(result, t1, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
     low, high = VALIDATION_BAND
-    row = {name: round(float(dice(on_template[low:high] == v, reference[low:high] == v)), 4)
-           for v, name in CLASSES.items()}
+    pairs = {1: (3, "WM")} if two_d else {v: (v, name) for v, name in CLASSES.items()}
+    row = {name: round(float(dice(on_template[low:high] == v, reference[low:high] == truth)), 4)
+           for v, (truth, name) in pairs.items()}
     brain_image = on_grid((reference > 0).astype(np.uint8), t1)
     brain = sitk.GetArrayFromImage(sitk.Resample(brain_image, scan, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
     labelled = sitk.GetArrayFromImage(result) > 0
@@ -205,14 +213,18 @@ def picture(path: Path, scan: sitk.Image, results: dict[str, sitk.Image]) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a 3D tissue model")
+    parser.add_argument("--model-2d", action="append", default=[], metavar="NAME=PATH",
+                        help="a 2D white-matter model, run on the axial slices of the conditions in CONDITIONS_2D")
     parser.add_argument("--only", nargs="+", default=None, help="run these conditions only")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--picture", type=Path, default=None, help="a PNG of one raw-head slice with each result")
     parser.add_argument("--testdata", type=Path, default=None, help="a folder of real test heads (see REAL_HEADS)")
     args = parser.parse_args()
-    models = dict(entry.split("=", 1) for entry in args.model)
-    segmenters = {name: Segmenter(load_model(path), device="cpu") for name, path in models.items()}
+    segmenters = {name: Segmenter(load_model(path), device="cpu")
+                  for name, path in (entry.split("=", 1) for entry in args.model)}
+    slice_segmenters = {name: Segmenter(load_model(path), device="cpu", slices=Slices(2))
+                        for name, path in (entry.split("=", 1) for entry in args.model_2d)}
     t1, labels = tissue_map()
     reference = sitk.GetArrayFromImage(labels)
     rows = []
@@ -228,6 +240,14 @@ def main() -> None:
             rows.append(row)
             print(f"| {condition} | {name} | {row['CSF']:.3f} | {row['GM']:.3f} | {row['WM']:.3f} | "
                   f"{100 * row['outside']:.1f}% | {row['s']:.1f} |", flush=True)
+        for name, segmenter in slice_segmenters.items():
+            if condition in CONDITIONS_2D:
+                result, seconds = segment(segmenter, scan)
+                row = {"condition": condition, "model": f"2D {name}",
+                       **score(result, scan, t1, reference, seconds, two_d=True)}
+                rows.append(row)
+                print(f"| {condition} | 2D {name} (axial slices) | - | - | {row['WM']:.3f} | "
+                      f"{100 * row['outside']:.1f}% | {row['s']:.1f} |", flush=True)
         if args.picture and condition == "raw head (seed 1)":
             picture(args.picture, scan, results)
     if args.testdata:
