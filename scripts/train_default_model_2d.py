@@ -85,10 +85,15 @@ def train_model(work: Path, dataset: Path, ife: str, iterations: int, seed: int,
     config = TrainConfig(dataset=str(dataset), output=str(work / f"run-{ife}"), dim=2, ife=ife,
                          features=FEATURES, patch=PATCH, batch_size=BATCH, iterations=iterations, seed=seed,
                          spacing_min=SPACING_RANGE[0], spacing_max=SPACING_RANGE[1], device=device, init=init,
-                         learning_rate=learning_rate, notes={"machine": machine()})
+                         learning_rate=learning_rate,
+                         notes={"machine": machine(), "synthetic_fraction": synthetic_share(dataset)})
     start = time.perf_counter()
     path = train(config, overwrite=True, quiet=True)
     return path, time.perf_counter() - start
+
+
+def synthetic_share(dataset: Path) -> float:
+    return float(json.loads(dataset.read_text()).get("synthetic", {}).get("fraction", 0.0))
 
 
 def machine() -> str:
@@ -140,8 +145,8 @@ def card(rows: list[dict], command: str, model: Path, ife: str, training: dict) 
 **File**: `{DEFAULT_MODEL_2D.name}` ({model.stat().st_size / 2**20:.1f} MB), the default model of `hyperspace segment
 --mode 2d` and of 2D input files (PNG, JPEG, TIFF, BMP, single-slice volumes).
 
-**Task**: white matter on one slice of a skull-stripped T1-weighted brain MRI, any orientation: 0 background,
-1 white matter.
+**Task**: white matter on one slice of a T1-weighted brain MRI, skull-stripped or a raw head, any orientation:
+0 background, 1 white matter.
 
 **Method**: HyperSpace with d = 2: an MLP hypernetwork (3 hidden layers of {config['hidden']}, low-rank heads of
 rank {config['rank']}) generates all weights of a 4-level 2D U-Net (features {config['features']}) from the in-plane
@@ -150,8 +155,8 @@ docs/BENCHMARKS.md). Trained on slices of all three orientations, a random in-pl
 log-uniform in **{config['spacing_min']}-{config['spacing_max']} mm per axis** (isotropic half of the time),
 patches of {config['patch']}^2 pixels, batch {config['batch_size']}, Adam (learning rate {config['learning_rate']},
 polynomial decay), Dice + cross-entropy, {training['iterations']} iterations ({training['seconds'] / 60:.0f} min on
-{training['device']}, {training.get('machine', '')}); augmentation: rotation, scaling, elastic deformation,
-contrast, gamma, smooth multiplicative field, noise, blur, flips.
+{training['device']}, {training.get('machine', '')}){_started(config)}; augmentation: rotation, scaling, elastic
+deformation, contrast, gamma, smooth multiplicative field, noise, blur, flips.{_synthesis(training)}
 
 **Data**: the MNI ICBM152 2009a nonlinear symmetric template (one averaged brain, 1 mm), as shipped in nilearn.
 Label: white matter where it is the most likely of (1 - GM - WM, GM, WM) inside the brain mask. The held-out
@@ -162,8 +167,11 @@ band is the 3D model's: axial slices {VALIDATION_BAND[0]}-{VALIDATION_BAND[1] - 
 segmented with `hyperspace segment --mode 2d --axis A --spacing S`, results on the 1 mm grid):
 
 {table}
-**Limits**: one averaged brain is all it has seen: expect lower accuracy on real scans, other contrasts or
-pathology; it expects skull-stripped T1. Use it to try the 2D mode, then train your own (`hyperspace train --dim 2`).
+**Robustness** (raw head slices, halo, bias field, another contrast; against the previous model):
+docs/BENCHMARKS.md, "Scans users load", measured with `benchmarks/head_robustness.py --model-2d`.
+
+**Limits**: one averaged brain and images synthesised from it are all it has seen: expect lower accuracy on real
+scans, other contrasts or pathology. Use it to try the 2D mode, then train your own (`hyperspace train --dim 2`).
 
 **Reproduce**:
 
@@ -175,6 +183,19 @@ pathology; it expects skull-stripped T1. Use it to try the 2D mode, then train y
 
 {NOTICE}
 """
+
+
+def _started(config: dict) -> str:
+    return f", starting from the weights of {Path(config['init']).name}" if config.get("init") else ""
+
+
+def _synthesis(training: dict) -> str:
+    share = training.get("synthetic_fraction")
+    if not share:
+        return ""
+    return (f" {share:.0%} of the training slices are synthesised from the 4-class tissue map (the generation labels:"
+            " random contrasts or the template's own intensities, heads of random layers around the brain or a "
+            "stripped brain with or without a halo, bias field, noise; README, Train); MR normalisation version 2.")
 
 
 def main() -> None:
