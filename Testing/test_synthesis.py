@@ -166,9 +166,9 @@ def test_the_sampler_mixes_synthetic_and_real_patches(brain):
     ({"halo": True}, ["'halo'", "between 0 and 1"]),
 ])
 def test_a_bad_synthetic_entry_is_one_line(dataset_json, entry, words):
-    spec = json.loads(dataset_json.read_text())
+    spec = json.loads(dataset_json.read_text(encoding="utf-8"))
     spec["synthetic"] = entry
-    dataset_json.write_text(json.dumps(spec))
+    dataset_json.write_text(json.dumps(spec), encoding="utf-8")
     with pytest.raises(Exception) as error:
         load_dataset(dataset_json)
     message = str(error.value)
@@ -201,7 +201,7 @@ def test_synthesis_needs_volumes(tmp_path, capsys):
     sitk.WriteImage(labels[:, :, 0], str(tmp_path / "label.nrrd"))
     spec = {"modality": "mr", "labels": {"0": "background", "1": "shell", "2": "core"}, "synthetic": {},
             "training": [{"image": "image.nrrd", "label": "label.nrrd"}]}
-    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    (tmp_path / "dataset.json").write_text(json.dumps(spec), encoding="utf-8")
     code = main(["train", str(tmp_path / "dataset.json"), "-o", str(tmp_path / "run"), "--dim", "2",
                  "--iterations", "1", "--patch", "16", "--quiet"])
     error = capsys.readouterr().err
@@ -209,13 +209,13 @@ def test_synthesis_needs_volumes(tmp_path, capsys):
 
 
 def test_a_generation_map_off_the_image_grid_is_one_line(dataset_json, tmp_path, capsys):
-    spec = json.loads(dataset_json.read_text())
+    spec = json.loads(dataset_json.read_text(encoding="utf-8"))
     image = sitk.ReadImage(str(tmp_path / spec["training"][0]["label"]))
     image.SetSpacing((2.0, 2.0, 2.0))
     sitk.WriteImage(image, str(tmp_path / "generation.nii.gz"))
     spec["training"][0]["generation"] = "generation.nii.gz"
     spec["synthetic"] = {"fraction": 0.5}
-    dataset_json.write_text(json.dumps(spec))
+    dataset_json.write_text(json.dumps(spec), encoding="utf-8")
     code = main(["train", str(dataset_json), "-o", str(tmp_path / "run"), "--iterations", "1", "--patch", "16",
                  "--device", "cpu", "--quiet"])
     error = capsys.readouterr().err

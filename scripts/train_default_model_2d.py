@@ -93,7 +93,7 @@ def train_model(work: Path, dataset: Path, ife: str, iterations: int, seed: int,
 
 
 def synthetic_share(dataset: Path) -> float:
-    return float(json.loads(dataset.read_text()).get("synthetic", {}).get("fraction", 0.0))
+    return float(json.loads(dataset.read_text(encoding="utf-8")).get("synthetic", {}).get("fraction", 0.0))
 
 
 def machine() -> str:
