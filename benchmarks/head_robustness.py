@@ -255,7 +255,7 @@ def main() -> None:
               "(CSF / GM / WM) | s |\n|---|---|---|---|---|")
         rows += real_heads(args.testdata, segmenters)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

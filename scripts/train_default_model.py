@@ -152,8 +152,8 @@ convolution blocks per level) from the voxel spacing. Trained with a random spac
 **{training['config']['spacing_min']}-{training['config']['spacing_max']} mm per axis** (isotropic half of the time, anisotropic
 otherwise), patches of {training['config']['patch']}^3 voxels, batch {training['config']['batch_size']}, Adam
 (learning rate {training['config']['learning_rate']}, polynomial decay), Dice + cross-entropy, {training['iterations']}
-iterations ({training['seconds'] / 60:.0f} min on {training['device']}, {training.get('machine', 'see BENCHMARKS')}){_started(training)}.
-{_synthesis(training)} MR normalisation version {training.get('normalisation_version', 2)}: background 0, the 95th
+iterations ({training['seconds'] / 60:.0f} min on {training['device']}, {training.get('machine', 'see BENCHMARKS')}).
+{recipe_notes(training, "samples")} MR normalisation version {training.get('normalisation_version', 2)}: background 0, the 95th
 percentile of Otsu's foreground 1 (see the README).
 
 **Data**: the MNI ICBM152 2009a nonlinear symmetric template (one averaged brain, 1 mm), as shipped in nilearn.
@@ -183,19 +183,17 @@ real scans with other contrast, field strength or pathology. Use it to try the t
 """
 
 
-def _started(training: dict) -> str:
+def recipe_notes(training: dict, what: str) -> str:
+    """The model card's words on the starting weights and the synthetic share of ``what`` (samples, slices)."""
     init = training.get("config", {}).get("init")
-    return f", starting from the weights of {Path(init).name}" if init else ""
-
-
-def _synthesis(training: dict) -> str:
+    started = f" It started from the weights of {Path(init).name}." if init else ""
     share = training.get("synthetic_fraction")
     if not share:
-        return "Real template images only."
-    return (f"{share:.0%} of the samples are synthesised from the tissue map (`\"synthetic\"` in the dataset JSON: a "
-            "random contrast per label or the template's own intensities, a head of random layers around the brain - "
-            "skull, diploe, scalp, fat, muscle, eyes, neck, air - or a stripped brain with or without a halo, bias "
-            "field, gamma, noise, cut fields of view; README, Train).")
+        return (started + f" Real template {what} only.").strip()
+    return (started + f" {share:.0%} of the {what} are synthesised from the tissue map (`\"synthetic\"` in the dataset "
+                      "JSON: a random contrast per label or the template's own intensities, a head of random layers "
+                      "around the brain - skull, diploe, scalp, fat, muscle, eyes, neck, air - or a stripped brain with "
+                      "or without a halo, bias field, gamma, noise, cut fields of view; README, Train).").strip()
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from train_default_model import MARGIN, NOTICE, VALIDATION_BAND, tissue_map  # noqa: E402
+from train_default_model import MARGIN, NOTICE, VALIDATION_BAND, recipe_notes, tissue_map  # noqa: E402
 
 from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL_2D  # noqa: E402
 from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
@@ -155,8 +155,9 @@ docs/BENCHMARKS.md). Trained on slices of all three orientations, a random in-pl
 log-uniform in **{config['spacing_min']}-{config['spacing_max']} mm per axis** (isotropic half of the time),
 patches of {config['patch']}^2 pixels, batch {config['batch_size']}, Adam (learning rate {config['learning_rate']},
 polynomial decay), Dice + cross-entropy, {training['iterations']} iterations ({training['seconds'] / 60:.0f} min on
-{training['device']}, {training.get('machine', '')}){_started(config)}; augmentation: rotation, scaling, elastic
-deformation, contrast, gamma, smooth multiplicative field, noise, blur, flips.{_synthesis(training)}
+{training['device']}, {training.get('machine', '')}); augmentation: rotation, scaling, elastic deformation,
+contrast, gamma, smooth multiplicative field, noise, blur, flips. {recipe_notes(training, "training slices")} MR
+normalisation version {load_model(model).normalisation.version}.
 
 **Data**: the MNI ICBM152 2009a nonlinear symmetric template (one averaged brain, 1 mm), as shipped in nilearn.
 Label: white matter where it is the most likely of (1 - GM - WM, GM, WM) inside the brain mask. The held-out
@@ -183,19 +184,6 @@ scans, other contrasts or pathology. Use it to try the 2D mode, then train your 
 
 {NOTICE}
 """
-
-
-def _started(config: dict) -> str:
-    return f", starting from the weights of {Path(config['init']).name}" if config.get("init") else ""
-
-
-def _synthesis(training: dict) -> str:
-    share = training.get("synthetic_fraction")
-    if not share:
-        return ""
-    return (f" {share:.0%} of the training slices are synthesised from the 4-class tissue map (the generation labels:"
-            " random contrasts or the template's own intensities, heads of random layers around the brain or a "
-            "stripped brain with or without a halo, bias field, noise; README, Train); MR normalisation version 2.")
 
 
 def main() -> None:

@@ -14,9 +14,9 @@ axis drawn from ``slice_axes``, normalises it as a 2D image, and makes the patch
 Patch voxels beyond the image get the modality's outside intensity (``Normalisation.outside_value``: air for
 CT) and the label ``IGNORE``, which the loss skips: what lies outside a scan teaches the model nothing.
 
-With ``synthesis`` (3D models), a share of the samples replaces the crop of the real image by an image
-synthesised from the labels with a head around the brain (``synthesis``), normalised as a scan is; everything
-after the crop is the same for both.
+With ``synthesis``, a share of the samples replaces the crop of the real image (a 2D sampler: the slice) by an
+image synthesised from the labels with a head around the brain (``synthesis``), normalised as a scan is; everything
+after it is the same for both.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class SamplingConfig:
     foreground_fraction: float = 0.33
     augment: bool = True
     slice_axes: tuple[int, ...] = tuple(SLICE_AXES)  # a 2D sampler on volumes: the axes slices are taken across
-    synthesis: SynthesisConfig | None = None  # 3D: images synthesised from the labels for a share of the samples
+    synthesis: SynthesisConfig | None = None  # images synthesised from the labels for a share of the samples
 
 
 def read_case(case: Case, label_values: Sequence[int], dim: int) -> tuple[sitk.Image, np.ndarray]:
@@ -145,10 +145,8 @@ class LoadedCase:
     def slice(self, axis: int, position: int) -> tuple[sitk.Image, sitk.Image]:
         """Slice ``position`` across ``axis`` of a volume held for a 2D model (see ``volume_slice``): its image,
         normalised as a 2D image, and its labels."""
-        raw = volume_slice(self.image, axis, position)
-        image = sitk.GetImageFromArray(self.normalisation.apply(sitk.GetArrayViewFromImage(raw)))
-        image.CopyInformation(raw)
-        return image, volume_slice(self.labels, axis, position)
+        return normalised(volume_slice(self.image, axis, position), self.normalisation), \
+            volume_slice(self.labels, axis, position)
 
 
 class PatchSampler:
@@ -223,8 +221,7 @@ class PatchSampler:
         low, high = _crop_box(head.image, centre, radius)
         box = tuple(slice(int(a), int(b)) for a, b in zip(low[::-1], high[::-1]))
         raw, labels = head.synthesise(box, head.crop_stride(spacing), rng, self.config.synthesis)
-        image = sitk.GetImageFromArray(case.normalisation.apply(sitk.GetArrayViewFromImage(raw)))
-        image.CopyInformation(raw)
+        image = normalised(raw, case.normalisation)
         label_image = sitk.GetImageFromArray(labels)
         label_image.SetSpacing(head.image.GetSpacing())
         label_image.SetDirection(head.image.GetDirection())
@@ -256,10 +253,8 @@ class PatchSampler:
         raw, labels = head.synthesise(tuple(box), 1, rng, self.config.synthesis)
         label_image = sitk.GetImageFromArray(labels)
         label_image.CopyInformation(raw)
-        raw, labels = volume_slice(raw, axis, 0), volume_slice(label_image, axis, 0)
-        image = sitk.GetImageFromArray(case.normalisation.apply(sitk.GetArrayViewFromImage(raw)))
-        image.CopyInformation(raw)
-        return image, labels, np.delete(index + np.array(head.padding[::-1]), axis)
+        return (normalised(volume_slice(raw, axis, 0), case.normalisation), volume_slice(label_image, axis, 0),
+                np.delete(index + np.array(head.padding[::-1]), axis))
 
 
 def _random_matrix(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -295,6 +290,13 @@ def _on_coarse_grid(transform: sitk.Transform, reference: sitk.Image, points: in
     field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, size, reference.GetOrigin(), spacing,
                                               reference.GetDirection())
     return sitk.DisplacementFieldTransform(field)
+
+
+def normalised(image: sitk.Image, normalisation: Normalisation) -> sitk.Image:
+    """``image`` normalised (float32), on its own grid."""
+    result = sitk.GetImageFromArray(normalisation.apply(sitk.GetArrayViewFromImage(image)))
+    result.CopyInformation(image)
+    return result
 
 
 def volume_slice(volume: sitk.Image, axis: int, position: int) -> sitk.Image:
