@@ -513,3 +513,75 @@ def test_hd95_is_the_smallest_distance_covering_95_percent_of_the_surface_area()
     # a tiny far element is beyond the 95%, a large one is not
     assert _percentile(np.array([1.0, 10.0]), np.array([96.0, 4.0]), 95) == 1.0
     assert _percentile(np.array([1.0, 10.0]), np.array([90.0, 10.0]), 95) == 10.0
+
+
+def test_grids_a_thousandth_of_a_mm_apart_show_the_difference(tmp_path, capsys):
+    """Origins 0.001 mm apart printed with 4 digits looked the same: the message gives digits that tell them apart
+    and the difference itself."""
+    array = np.zeros((6, 5, 4), np.uint8)
+    array[2:4, 2:4, 1:3] = 1
+    reference = write_image(tmp_path / "ref.nrrd", array, (1.0, 1.0, 1.0), origin=(120.5, -80.25, 33.0))
+    other = write_image(tmp_path / "pred.nrrd", array, (1.0, 1.0, 1.0), origin=(120.501, -80.25, 33.0))
+    code, _, err = run(capsys, "evaluate", reference, other)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"reference {reference} has origin (120.5, -80.25, 33); prediction {other} has origin (120.501, -80.25, 33)" in err
+    assert "origins differ by 0.001 mm" in err and "--resample-to-reference" in err
+    spaced = write_image(tmp_path / "spaced.nrrd", array, (1.0, 1.0, 1.0005))
+    plain = write_image(tmp_path / "plain.nrrd", array, (1.0, 1.0, 1.0))
+    code, _, err = run(capsys, "evaluate", plain, spaced)
+    assert code == 2 and "has spacing (1, 1, 1);" in err and "has spacing (1.0005, 1, 1)" in err, err
+    assert "spacings differ by 0.0005 mm" in err
+
+
+def test_a_2d_prediction_for_a_volume_is_not_sent_to_resampling(tmp_path, capsys):
+    array = np.zeros((6, 5, 4), np.uint8)
+    array[2:4, 2:4, 1:3] = 1
+    reference = write_image(tmp_path / "ref.nrrd", array, (1.0, 1.0, 1.0))
+    flat = write_image(tmp_path / "flat.nrrd", array[3], (1.0, 1.0), origin=(0.0, 0.0))
+    for options in ([], ["--resample-to-reference"]):
+        code, _, err = run(capsys, "evaluate", reference, flat, *options)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"reference {reference} is 3D, prediction {flat} 2D" in err and "different dimensions" in err
+        assert "pass --resample-to-reference" not in err
+
+
+def test_a_label_map_saved_as_seg_nrrd_is_refused_not_scored_as_empty(tmp_path, capsys):
+    """A label map written under the .seg.nrrd name by another tool has no segments: it was read as all
+    background (Dice 0, exit 0)."""
+    reference, prediction = two_label_case(tmp_path, "case")
+    disguised = tmp_path / "labels.seg.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(prediction)), str(disguised))
+    code, out, err = run(capsys, "evaluate", reference, disguised)
+    assert code == 2 and err.count("\n") == 1 and out == "", err
+    assert "no segments" in err and "values 1, 2" in err and "rename it to .nrrd" in err
+    renamed = tmp_path / "labels.nrrd"
+    disguised.rename(renamed)
+    code, out, err = run(capsys, "evaluate", reference, renamed, "--json")
+    assert code == 0 and json.loads(out)["1_dice"] > 0.8, err
+
+
+def test_an_empty_slicer_segmentation_is_still_read_as_empty(tmp_path):
+    """A .seg.nrrd without segments and without labelled voxels (an empty segmentation) is no label map in
+    disguise: it is read, empty."""
+    import slicerio
+
+    from HyperSpaceSegmentationLib.evaluation.labels import read_segmentation
+
+    path = tmp_path / "empty.seg.nrrd"
+    slicerio.write_segmentation(str(path), {"voxels": np.zeros((4, 5, 6), np.uint8), "ijkToLPS": np.eye(4),
+                                            "segments": []})
+    segmentation = read_segmentation(path)
+    assert segmentation.segments == {} and not segmentation.values.any()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_infinite_voxels_in_a_label_map_are_named(tmp_path, capsys, bad):
+    reference, _ = two_label_case(tmp_path, "case")
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(reference))).astype(np.float32)
+    array[0, 0, :3] = bad
+    damaged = sitk.GetImageFromArray(array)
+    damaged.CopyInformation(sitk.ReadImage(str(reference)))
+    sitk.WriteImage(damaged, str(tmp_path / "damaged.nrrd"))
+    code, _, err = run(capsys, "evaluate", reference, tmp_path / "damaged.nrrd")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds 3 NaN or infinite voxels" in err and "whole numbers" in err

@@ -178,3 +178,40 @@ def test_existing_output_is_refused_before_reading_the_images(tmp_path, capsys, 
     code, _, err = run(capsys, "evaluate", "--paths-csv", cases, "-o", output)
     assert code == 2 and "exists" in err and "--overwrite" in err and "case lost failed" not in err, err
     assert output.read_text() == "earlier results\n"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_2d_prediction_for_a_volume_fails_that_case_only_even_with_resampling(tmp_path, capsys, masks, workers):
+    """--resample-to-reference cannot turn a 2D image into a volume: that case fails with its reason, the others
+    are scored (it crashed the whole batch)."""
+    flat = tmp_path / "flat.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((8, 20), np.uint8)), str(flat))
+    cases = write_csv(tmp_path, f"id,mask,prediction\nflat,{masks['ref']},{flat}\ngood,{masks['ref']},{masks['same']}\n")
+    output = tmp_path / "results.csv"
+    code, out, err = run(capsys, "evaluate", "--paths-csv", cases, "--resample-to-reference", "-o", output,
+                         "--workers", workers, "--metrics", "dice")
+    assert code == 0, err
+    failure = [line for line in err.splitlines() if line.startswith("hyperspace: case flat failed:")]
+    assert len(failure) == 1 and "different dimensions" in failure[0] and "is 3D" in failure[0], err
+    assert "--resample-to-reference" not in failure[0] and "Traceback" not in err
+    assert "mean over the 1 scored of 2 cases" in out and table_value(out, "1") == 1.0
+    rows = output.read_text(encoding="utf-8").splitlines()
+    assert rows[1].startswith("flat,,") and "different dimensions" in rows[1] and rows[2].startswith("good,1")
+
+
+def test_an_unexpected_failure_of_one_case_does_not_end_the_batch(tmp_path, capsys, masks, monkeypatch):
+    from HyperSpaceSegmentationLib.evaluation import evaluate as module
+
+    real = module.evaluate_files
+
+    def broken_for_one(reference, prediction, *args):
+        if "apart" in str(prediction):
+            raise RuntimeError("sitk::ERROR: something deep inside ITK\nsecond line")
+        return real(reference, prediction, *args)
+
+    monkeypatch.setattr(module, "evaluate_files", broken_for_one)
+    cases = write_csv(tmp_path, f"id,mask,prediction\na,{masks['ref']},{masks['apart']}\nb,{masks['ref']},{masks['same']}\n")
+    code, out, err = run(capsys, "evaluate", "--paths-csv", cases, "--metrics", "dice")
+    assert code == 0, err
+    assert "hyperspace: case a failed: could not be scored (RuntimeError: second line)" in err
+    assert "mean over the 1 scored of 2 cases" in out

@@ -218,6 +218,15 @@ BAD_METADATA = {
     "ct window": (lambda p: p["normalisation"].update(modality="ct", clip_low=5.0, clip_high=5.0), "ct window"),
     "colour": (lambda p: p.update(colors={1: [2.0, 0.0, 0.0]}), "colour of label 1"),
     "fs without spacing": (lambda p: p.update(method="fs", hyper=None, fixed_spacing=None), "fixed spacing"),
+    # the network's shape: each crashed info, ensembles and the Slicer logic with an IndexError or worse
+    "no features": (lambda p: p["unet"].update(features=[]), "U-Net features []"),
+    "zero features": (lambda p: p["unet"].update(features=[4, 0, 8, 16]), "U-Net features [4, 0, 8, 16]"),
+    "negative features": (lambda p: p["unet"].update(features=[-4, 8, 8, 16]), "U-Net features"),
+    "absurd features": (lambda p: p["unet"].update(features=[4, 8, 8, 10**9]), "U-Net features"),
+    "no classes": (lambda p: p["unet"].update(num_classes=0), "U-Net classes 0"),
+    "no convolutions": (lambda p: p["unet"].update(convs_per_level=0), "convolutions per level 0"),
+    "zero rank": (lambda p: p["hyper"].update(rank=0), "hypernetwork rank 0"),
+    "zero width": (lambda p: p["hyper"].update(hidden=0), "hypernetwork hidden width 0"),
 }
 
 

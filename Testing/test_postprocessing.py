@@ -191,3 +191,31 @@ def test_bad_postprocessing_options_are_one_line_errors(oracle_case, tmp_path, c
     for word in words:
         assert word in lines[0], lines[0]
     assert not output.exists()
+
+
+def test_volumes_are_measured_at_the_input_spacing_when_it_is_given(oracle_case, tmp_path, capsys):
+    """The header says 1 mm, the scan's true spacing is 3 mm (--input-spacing): the ball of class 7 is 27 times the
+    volume its header gives, so a size between the two keeps it."""
+    image, model, truth, cavity = oracle_case
+    ball = int((truth == 7).sum()) - int(cavity.sum())  # as segmented: the cavity is background
+    size = 2.0 * ball  # mm^3: above its volume at 1 mm per voxel, far below it at 27 mm^3
+    output = tmp_path / "out.nrrd"
+    code, out, err = segment(capsys, image, model, output, "--input-spacing", "3", "3", "3",
+                             "--remove-smaller-than", str(size), "7")
+    assert code == 0, err
+    assert json.loads(out)["postprocessing"][0]["voxels_changed"] == {"7": 0}
+    result = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+    assert (result == 7).sum() == ball
+    assert sitk.ReadImage(str(output)).GetSpacing() == (1.0, 1.0, 1.0)  # the output keeps the input's header
+    code, out, err = segment(capsys, image, model, tmp_path / "header.nrrd", "--remove-smaller-than", str(size), "7")
+    assert code == 0, err
+    assert json.loads(out)["postprocessing"][0]["voxels_changed"] == {"7": ball}  # at the header's 1 mm, removed
+
+
+def test_postprocess_measures_with_the_spacing_given():
+    array = np.zeros((5, 6, 7), np.uint8)
+    array[1:3, 1:3, 1:3] = 1  # 8 voxels: 8 mm^3 at the header's 1 mm, 216 mm^3 at 3 mm
+    step = PostprocessingStep("remove_smaller_than", (1,), 100.0)
+    image = labels_image(array)
+    assert sitk.GetArrayFromImage(postprocess(image, [step])[0]).sum() == 0
+    assert sitk.GetArrayFromImage(postprocess(image, [step], (3.0, 3.0, 3.0))[0]).sum() == 8

@@ -210,11 +210,14 @@ def test_memory_beyond_what_is_free_suggests_an_in_plane_spacing(monkeypatch):
     import HyperSpaceSegmentationLib.inference.segmenter as engine
     from HyperSpaceSegmentationLib.errors import UserError
 
-    monkeypatch.setattr(engine, "available_memory_mb", lambda device: 1.0)
+    monkeypatch.setattr(engine, "available_memory_mb", lambda device: 1.2)
     image, _ = asymmetric_phantom(**GRID)
     segmenter = Segmenter(tiny_model(dim=2), device="cpu", slices=Slices(2))
-    with pytest.raises(UserError, match=r"--spacing \d+\.\d+ \d+\.\d+$"):
+    with pytest.raises(UserError, match=r"--spacing [\d.]+ [\d.]+$") as raised:
         segmenter.check_memory(image, segmenter.native_spacing(image))
+    suggestion = [float(v) for v in str(raised.value).split("--spacing ")[1].split()]
+    assert all(0.8 <= v <= 3.5 for v in suggestion)  # in the trained range: not clamped when followed
+    segmenter.check_memory(image, suggestion)  # and it fits
 
 
 def test_slices_outside_the_image_are_refused():

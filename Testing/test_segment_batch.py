@@ -16,10 +16,11 @@ import SimpleITK as sitk
 
 from HyperSpaceSegmentationLib.cli import main
 from HyperSpaceSegmentationLib.inference.cases import collect_cases
+from HyperSpaceSegmentationLib.io.model_file import save_model
 from HyperSpaceSegmentationLib.networks import HyperSpaceNet
 from HyperSpaceSegmentationLib.progress import Reporter, parse_progress_line, progress_fraction
 
-from conftest import OBLIQUE, phantom
+from conftest import OBLIQUE, phantom, tiny_model
 
 GRIDS = {  # name: (spacing, origin, direction): every case on a grid of its own
     "alpha.nrrd": ((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), None),
@@ -129,10 +130,11 @@ def test_models_segmenters_and_networks_are_built_once_per_batch(tmp_path, capsy
     monkeypatch.setattr(model_file, "load_model", counted_load)
     monkeypatch.setattr(Segmenter, "__init__", counted_init)
     monkeypatch.setattr(HyperSpaceNet, "static_unet", counted_generate)
+    other = save_model(tiny_model(seed=1), tmp_path / "other.pt")  # the same model twice is refused
     code, _, err = run(capsys, "segment", tmp_path / "scans", "-o", tmp_path / "out", "--model", tiny_model_file,
-                       tiny_model_file, "--device", "cpu", "--spacing", "2", "--max-memory", "1234", "--quiet")
+                       other, "--device", "cpu", "--spacing", "2", "--max-memory", "1234", "--quiet")
     assert code == 0, err
-    assert calls["load"] == 1  # one file, read once, for both members of the ensemble and all three cases
+    assert calls["load"] == 2  # each file read once, for all three cases
     assert len(calls["segmenter"]) == 2 and all(k["max_memory_mb"] == 1234 for k in calls["segmenter"])
     assert calls["network"] == 2  # one network per member, generated for the one working spacing
     assert len(read_summary(tmp_path / "out" / "summary.csv")) == 3

@@ -173,14 +173,14 @@ def test_resume_continues_the_run_exactly_as_if_uninterrupted(dataset_json, tmp_
     """An interrupted run resumed on the command line without options ends in the state of an uninterrupted one."""
     settings = dict(dataset=str(dataset_json), iterations=10, checkpoint_every=2, **SMALL)
     _interrupt_at_the_first_checkpoint(TrainConfig(output=str(tmp_path / "interrupted"), **settings), monkeypatch)
-    stopped_at = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["step"]
+    stopped_at = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)["step"]
     assert stopped_at == 2
     assert not (tmp_path / "interrupted" / "model.pt").exists()
     capsys.readouterr()
     assert main(["train", "-o", str(tmp_path / "interrupted"), "--resume", "--quiet"]) == 0  # no --iterations
     assert f"resuming {tmp_path / 'interrupted'} at step {stopped_at} of 10 with the checkpoint's settings" in capsys.readouterr().err
     train(TrainConfig(output=str(tmp_path / "straight"), **settings), quiet=True)
-    resumed, straight = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False) for run in ("interrupted", "straight"))
+    resumed, straight = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("interrupted", "straight"))
     assert resumed["step"] == straight["step"] == 10
     assert resumed["history"] == pytest.approx(straight["history"], rel=1e-5)
     for name, value in straight["model"].items():
@@ -325,3 +325,95 @@ def test_init_starts_from_a_models_weights_and_refuses_another_network(dataset_j
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert "--init" in error and "U-Net" in error and error.count("\n") == 1
+
+
+class _RunsCode:
+    """A pickled object whose loading creates a file: what a checkpoint from elsewhere could do with
+    ``weights_only=False``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _checkpoint(run, dataset_json):
+    """A real checkpoint (as training writes it, of a small network) in the folder ``run``."""
+    from dataclasses import replace
+
+    run.mkdir()
+    config = TrainConfig(dataset=str(dataset_json), output=str(run), **SMALL)
+    config = replace(config, features=tuple(config.features))
+    network = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(network.parameters())
+    network(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    trainer._save_checkpoint(run / "checkpoint.pt", config, network, optimizer, 1, [0.5], [])
+    return run / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncated", ["is damaged, truncated or not a checkpoint", "train again without --resume"]),
+    ("garbage", ["is damaged, truncated or not a checkpoint"]),
+    ("empty", ["is damaged, truncated or not a checkpoint"]),
+    ("code", ["is damaged, truncated or not a checkpoint", "objects other than tensors, numbers and text"]),
+    ("a list", ["is not a checkpoint of 'hyperspace train' (it holds a list)"]),
+    ("a model file", ["is not a checkpoint of 'hyperspace train' (no valid config, model, optimizer, step, history)"]),
+    ("no step", ["(no valid step)"]),
+    ("unknown setting", ["holds settings this version does not know", "flavour"]),
+    ("a folder", ["is a folder, not a checkpoint"]),
+])
+def test_resume_from_a_damaged_or_foreign_checkpoint_is_a_one_line_error(dataset_json, tmp_path, capsys, damage, words):
+    run = tmp_path / "run"
+    path = _checkpoint(run, dataset_json)
+    marker = tmp_path / "code-ran"
+    good = torch.load(path, weights_only=True)  # what a checkpoint holds loads without running code
+    assert good["step"] == 1 and good["config"]["features"] == (4, 8, 8, 16)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "code":
+        torch.save({**good, "config": _RunsCode(marker)}, path)
+    elif damage == "a list":
+        torch.save([1, 2, 3], path)
+    elif damage == "a model file":
+        from conftest import tiny_model
+
+        path.unlink()
+        save_model(tiny_model(), path)
+    elif damage == "no step":
+        torch.save({key: value for key, value in good.items() if key != "step"}, path)
+    elif damage == "unknown setting":
+        torch.save({**good, "config": {**good["config"], "flavour": "vanilla"}}, path)
+    else:
+        path.unlink()
+        path.mkdir()
+    for argv in (["-o", run, "--resume", "--quiet"], [dataset_json, "-o", run, "--resume", "--quiet", *_small_options()]):
+        capsys.readouterr()
+        code = main(["train", *map(str, argv)])
+        error = capsys.readouterr().err.strip()
+        assert code == 2 and error.startswith("hyperspace: error: --resume: ") and "\n" not in error, error
+        assert "Traceback" not in error
+        for word in words:
+            assert word in error, error
+    assert not marker.exists()  # no code from the file ran
+    assert not (run / "model.pt").exists()
+
+
+def _small_options():
+    return ["--patch", "16", "--batch-size", "4", "--features", "4", "8", "8", "16", "--rank", "2",
+            "--device", "cpu"]
+
+
+def test_loss_history_reads_checkpoints_without_running_their_code(dataset_json, tmp_path):
+    path = _checkpoint(tmp_path / "run", dataset_json)
+    assert loss_history(tmp_path / "run") == [0.5]
+    marker = tmp_path / "code-ran"
+    torch.save({**torch.load(path, weights_only=True), "history": _RunsCode(marker)}, path)
+    with pytest.raises(Exception) as error:
+        loss_history(tmp_path / "run")
+    assert "damaged, truncated or not a checkpoint" in str(error.value) and not marker.exists()

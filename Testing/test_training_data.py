@@ -181,3 +181,36 @@ def test_dataset_mistakes_found_by_trying_are_refused_and_leave_no_run_folder(tm
     flat = write_dataset(tmp_path / "flat", image=slice_, label=stripes)
     assert_refused(capsys, tmp_path, [flat, "-o", tmp_path / "runs" / "flat", *FAST], "--dim 2")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    ([{"id": "a", "image": "image.nii.gz", "label": "label.nii.gz"}], ["holds a JSON list, not an object", "'training'"]),
+    ("modality labels training", ["holds a JSON string, not an object"]),
+    (7, ["holds a JSON number, not an object"]),
+])
+def test_a_dataset_that_is_no_json_object_is_a_one_line_error(tmp_path, capsys, content, words):
+    write_dataset(tmp_path)
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(content), encoding="utf-8")
+    assert_refused(capsys, tmp_path, [path, "-o", tmp_path / "run", *FAST], *words)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("identifier", ["..", "..x", ".hidden", "a/b", "a\\b", " ", "tab\there"])
+def test_case_ids_that_cannot_name_files_are_refused(tmp_path, capsys, identifier):
+    dataset = write_dataset(tmp_path)
+    spec = json.loads(dataset.read_text(encoding="utf-8"))
+    spec["training"][0]["id"] = identifier
+    dataset.write_text(json.dumps(spec), encoding="utf-8")
+    assert_refused(capsys, tmp_path, [dataset, "-o", tmp_path / "run", *FAST], f"training case 0 has the id {identifier!r}",
+                   "such as 'case-001'")
+
+
+def test_case_ids_with_letters_of_any_language_are_kept(tmp_path):
+    from HyperSpaceSegmentationLib.training.dataset import load_dataset
+
+    dataset = write_dataset(tmp_path)
+    spec = json.loads(dataset.read_text(encoding="utf-8"))
+    spec["training"][0]["id"] = "café-Ø.2"
+    dataset.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    assert load_dataset(dataset).training[0].id == "café-Ø.2"

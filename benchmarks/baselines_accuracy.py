@@ -210,7 +210,7 @@ def main() -> None:
     parser.add_argument("--from-json", type=Path, default=None, help="tables and plot from the rows of an earlier --json")
     args = parser.parse_args()
     if args.from_json:
-        saved = json.loads(args.from_json.read_text())
+        saved = json.loads(args.from_json.read_text(encoding="utf-8"))
         results, sweep = saved["intervals"], saved["sweep"]
     else:
         segmenters = {name: Segmenter(load_model(args.work / name.lower() / "model.pt"), device="cpu")
@@ -221,7 +221,7 @@ def main() -> None:
                    for interval, draw in INTERVALS.items()}
         sweep = [row for s in args.sweep for row in score(scans, segmenters, (s, s, s))]
     if args.json:
-        args.json.write_text(json.dumps({"intervals": results, "sweep": sweep}, indent=1))
+        args.json.write_text(json.dumps({"intervals": results, "sweep": sweep}, indent=1), encoding="utf-8")
     print(tables(results))
     print(sweep_table(sweep))
     if args.plot:

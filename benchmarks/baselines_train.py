@@ -53,7 +53,7 @@ def main() -> None:
         else:
             command += [str(dataset), "--method", method, *METHODS[method], "--seed", "0", "--overwrite"]
         output.mkdir(parents=True, exist_ok=True)
-        log = open(output / "train.log", "a")
+        log = open(output / "train.log", "a", encoding="utf-8")
         runs[method] = (subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT), time.time())
         print(f"{method}: {' '.join(command)}", flush=True)
     for method, (process, start) in runs.items():

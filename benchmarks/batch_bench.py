@@ -45,7 +45,7 @@ def main() -> None:
         common = ["--spacing", args.spacing, "--device", args.device, "--quiet"]
         command = [sys.executable, "-m", "HyperSpaceSegmentationLib.cli", "segment"]
         single = subprocess.run([*command, str(inputs / "case00.nii.gz"), "-o", str(Path(folder) / "one.seg.nrrd"),
-                                 *common, "--json"], capture_output=True, text=True, check=True)
+                                 *common, "--json"], capture_output=True, text=True, encoding="utf-8", check=True)
         in_process = sum(stage["seconds"] for stage in json.loads(single.stdout)["stages"])
         start = time.perf_counter()
         subprocess.run([*command, str(inputs), "-o", str(Path(folder) / "out"), *common], check=True)

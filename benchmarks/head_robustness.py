@@ -61,7 +61,7 @@ from train_default_model import VALIDATION_BAND, template, tissue_map  # noqa: E
 
 CLASSES = {1: "CSF", 2: "GM", 3: "WM"}
 WHITE_MATTER_2D = {1: "WM"}  # a 2D white-matter model's label 1 against the tissue map's 3
-CONDITIONS_2D = ("clean", "raw head (seed 1)", "halo", "bias 0.7-1.4", "T2-like")
+CONDITIONS_2D = ("clean", "raw head (seed 1)", "halo", "bias 0.7-1.4", "T2-like", "PD-like")
 T1_HEAD = SynthesisConfig(fraction=1.0, head=1.0, halo=0.0, real_intensities=1.0, partial_view=0.0)
 
 

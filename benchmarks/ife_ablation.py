@@ -49,11 +49,11 @@ def main() -> None:
     args = parser.parse_args()
     dataset = prepare(args.work)
     results_path = args.work / "ablation.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {}
     for variant in args.variants:  # each variant's result is kept as it comes, so a stopped run can go on
         model, seconds = train_model(args.work, dataset, variant, args.iterations, args.seed, args.device)
         results[variant] = {"training_seconds": seconds, "model": str(model), "rows": score(model, args.work)}
-        results_path.write_text(json.dumps(results, indent=2))
+        results_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"\n{args.iterations} iterations per variant, seed {args.seed}, {machine()}\n")
     print(table({v: results[v] for v in VARIANTS if v in results}))
 

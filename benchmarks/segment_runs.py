@@ -23,6 +23,6 @@ def segment_summary(image: str, options: Sequence[str], device: str) -> dict:
         result = subprocess.run(
             [sys.executable, "-m", "HyperSpaceSegmentationLib.cli", "segment", image, "-o",
              str(Path(folder) / "seg.nrrd"), *options, "--device", device, "--json", "--quiet"],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, encoding="utf-8", check=True,
         )
     return json.loads(result.stdout)

@@ -44,7 +44,7 @@ def run(image: Path, options: list[str], tta: bool) -> tuple[np.ndarray, dict, f
         command = [sys.executable, "-m", "HyperSpaceSegmentationLib.cli", "segment", str(image), "-o", str(output),
                    *options, *(["--tta"] if tta else []), "--device", "cpu", "--json", "--quiet"]
         start = time.perf_counter()
-        summary = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+        summary = json.loads(subprocess.run(command, capture_output=True, text=True, encoding="utf-8", check=True).stdout)
         seconds = time.perf_counter() - start
         return sitk.GetArrayFromImage(sitk.ReadImage(str(output))), summary, seconds
 

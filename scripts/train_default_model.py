@@ -29,6 +29,7 @@ from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E4
 from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
+from HyperSpaceSegmentationLib.networks.unet import INPUT_FEATURES  # noqa: E402
 from HyperSpaceSegmentationLib.progress import Reporter  # noqa: E402
 from HyperSpaceSegmentationLib.training import TrainConfig, train  # noqa: E402
 
@@ -86,7 +87,7 @@ def prepare(work: Path, synthetic: float = 0.0) -> Path:
     if synthetic:
         spec["synthetic"] = {"fraction": synthetic}
     path = work / "dataset.json"
-    path.write_text(json.dumps(spec, indent=2))
+    path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     return path
 
 
@@ -127,7 +128,7 @@ def write_sample() -> Path:
     sitk.WriteImage(sample, str(path), useCompression=True)
     (SAMPLES / "MNI152-LICENSE.txt").write_text(
         "MNI152-T1-1.5mm.nrrd is the MNI ICBM152 2009a symmetric T1 template (skull-stripped),\n"
-        "resampled to 1.5 mm by scripts/train_default_model.py.\n\n" + NOTICE + "\n")
+        "resampled to 1.5 mm by scripts/train_default_model.py.\n\n" + NOTICE + "\n", encoding="utf-8")
     return path
 
 
@@ -207,6 +208,8 @@ def main() -> None:
                         help="share of training samples synthesised from the labels, with heads (0: real images only)")
     parser.add_argument("--init", default=None, help="start from this model file's weights")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--input", choices=INPUT_FEATURES, default="intensity",
+                        help="what the network sees: the intensities or their MIND descriptors")
     parser.add_argument("--machine", default="", help="a description of the machine, for the model card")
     parser.add_argument("--model", type=Path, default=None,
                         help="validate and install this trained model instead of training (a run of this recipe)")
@@ -219,14 +222,14 @@ def main() -> None:
     dataset = prepare(args.work, args.synthetic)
     config = TrainConfig(dataset=str(dataset), output=str(args.work / "run"), iterations=args.iterations,
                          workers=args.workers, device=args.device, init=args.init, learning_rate=args.learning_rate,
-                         notes={"machine": args.machine, "synthetic_fraction": args.synthetic})
+                         input_features=args.input, notes={"machine": args.machine, "synthetic_fraction": args.synthetic})
     model_path = args.model or train(config, resume=args.resume, overwrite=True)
     rows = validate(model_path, args.work)
     MODELS.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path, MODELS / "brain-tissue-mni152.pt")
     training = load_model(model_path).training
-    (MODELS / "brain-tissue-mni152.md").write_text(model_card(rows, command, model_path, training))
-    (MODELS / "brain-tissue-mni152.validation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (MODELS / "brain-tissue-mni152.md").write_text(model_card(rows, command, model_path, training), encoding="utf-8")
+    (MODELS / "brain-tissue-mni152.validation.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     write_sample()
     print("wrote", MODELS / "brain-tissue-mni152.pt")
 

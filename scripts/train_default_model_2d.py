@@ -36,6 +36,7 @@ from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL_2D  # noqa: E402
 from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
 from HyperSpaceSegmentationLib.geometry import canonical  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
+from HyperSpaceSegmentationLib.networks.unet import INPUT_FEATURES  # noqa: E402
 from HyperSpaceSegmentationLib.training import TrainConfig, train  # noqa: E402
 
 LABELS = {"0": "background", "1": "white matter"}
@@ -74,18 +75,19 @@ def prepare(work: Path, synthetic: float = 0.0) -> Path:
     if synthetic:
         spec["synthetic"] = {"fraction": synthetic}
     path = work / "dataset.json"
-    path.write_text(json.dumps(spec, indent=2))
+    path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
     return path
 
 
 def train_model(work: Path, dataset: Path, ife: str, iterations: int, seed: int, device: str,
-                init: str | None = None, learning_rate: float = 2e-3) -> tuple[Path, float]:
+                init: str | None = None, learning_rate: float = 2e-3,
+                input_features: str = "intensity") -> tuple[Path, float]:
     """Train one 2D model into ``work/run-IFE`` (from ``init``'s weights if given); returns the model path and the
     training seconds."""
     config = TrainConfig(dataset=str(dataset), output=str(work / f"run-{ife}"), dim=2, ife=ife,
                          features=FEATURES, patch=PATCH, batch_size=BATCH, iterations=iterations, seed=seed,
                          spacing_min=SPACING_RANGE[0], spacing_max=SPACING_RANGE[1], device=device, init=init,
-                         learning_rate=learning_rate,
+                         learning_rate=learning_rate, input_features=input_features,
                          notes={"machine": machine(), "synthetic_fraction": synthetic_share(dataset)})
     start = time.perf_counter()
     path = train(config, overwrite=True, quiet=True)
@@ -119,7 +121,7 @@ def score(model: Path, work: Path, device: str = "cpu") -> list[dict]:
                            "--model", str(model), "--mode", "2d", "--axis", str(axis), "--spacing", str(spacing),
                            "--device", device, "--json", "--quiet"]
                 start = time.perf_counter()
-                summary = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+                summary = json.loads(subprocess.run(command, capture_output=True, text=True, encoding="utf-8", check=True).stdout)
                 seconds = time.perf_counter() - start
                 predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))[kept] == 1
             predict = sum(s["seconds"] for s in summary["stages"] if s["name"].startswith("predict"))
@@ -197,6 +199,8 @@ def main() -> None:
                         help="share of training slices synthesised from the tissue map, with heads (0: real only)")
     parser.add_argument("--init", default=None, help="start from this model file's weights")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--input", choices=INPUT_FEATURES, default="intensity",
+                        help="what the network sees: the intensities or their MIND descriptors")
     parser.add_argument("--reuse", action="store_true",
                         help="score and install the model an earlier run (or benchmarks/ife_ablation.py) trained in --work")
     parser.add_argument("--install", action="store_true", help="copy the model and its card into the package data")
@@ -206,15 +210,15 @@ def main() -> None:
     model = args.work / f"run-{args.ife}" / "model.pt"
     if not (args.reuse and model.is_file()):
         model, _ = train_model(args.work, dataset, args.ife, args.iterations, args.seed, args.device, args.init,
-                               args.learning_rate)
+                               args.learning_rate, args.input)
     rows = score(model, args.work)
     text = card(rows, command, model, args.ife, load_model(model).training)
-    (args.work / "model-card.md").write_text(text)
-    (args.work / "validation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.work / "model-card.md").write_text(text, encoding="utf-8")
+    (args.work / "validation.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     if args.install:
         shutil.copy(model, DEFAULT_MODEL_2D)
-        DEFAULT_MODEL_2D.with_suffix(".md").write_text(text)
-        DEFAULT_MODEL_2D.with_suffix(".validation.json").write_text(json.dumps(rows, indent=2) + "\n")
+        DEFAULT_MODEL_2D.with_suffix(".md").write_text(text, encoding="utf-8")
+        DEFAULT_MODEL_2D.with_suffix(".validation.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
         print("wrote", DEFAULT_MODEL_2D)
 
 

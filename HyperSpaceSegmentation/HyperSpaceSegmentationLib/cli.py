@@ -8,6 +8,7 @@ to a temporary file and renamed, so an interrupted or failed run leaves nothing 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -81,10 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     segment.add_argument("--shard", default=None, metavar="I/N",
                          help="batch: segment only part I (1 to N) of N, for the jobs of a job array: case i (0-based, "
                               "in the order listed) goes to part i %% N + 1; each part writes its own summary")
-    segment.add_argument("--model", nargs="+", default=None, metavar="MODEL",
+    segment.add_argument("--model", nargs="+", action="extend", default=None, metavar="MODEL",
                          help=f"model file (default: the embedded {DEFAULT_MODEL.name}; with --mode 2d, "
-                              f"{DEFAULT_MODEL_2D.name}); several: an ensemble, each model at its own spacing, their "
-                              "probabilities averaged on INPUT's grid (same labels and dimensions)")
+                              f"{DEFAULT_MODEL_2D.name}); several (--model A B, or --model A --model B): an ensemble, "
+                              "each model at its own spacing, their probabilities averaged on INPUT's grid (same "
+                              "labels and dimensions; each model once)")
     segment.add_argument("--mode", choices=["3d", "2d"], default=None,
                          help="3d: the volume as a whole (3D model); 2d: slice by slice (2D model); default: 2d for a "
                               "2D image or a single-slice volume (unless --model is a 3D model), else 3d")
@@ -120,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
                               "memory available on the device); larger windows are faster")
     segment.add_argument("--overwrite", action="store_true",
                          help="replace OUTPUT if it exists (without it, an OUTPUT written meanwhile by another run is kept)")
+    segment.add_argument("--skip-existing", action="store_true",
+                         help="batch: continue an interrupted batch: cases whose output exists are skipped (listed as "
+                              "skipped in the summary, which is replaced); outputs are written to a temporary file "
+                              "and renamed, so an existing one is complete. Not with --overwrite")
     segment.add_argument("--mask", default=None, metavar="FILE",
                          help="restrict the result to a mask: a label map or .seg.nrrd on any grid (its non-zero voxels, "
                               "resampled to the input's grid by nearest neighbour), such as a brain mask; background "
@@ -367,7 +373,10 @@ class _Run:
 
         self.args, self.device = args, device
         self.paths = args.model or [None]  # several: an ensemble
+        self.mode = None  # a batch's mode for every case (see batch_mode); None: each case's own
+        _check_models_differ(args.model or [])
         self.steps = steps_from_options(args.remove_smaller_than, args.largest_component, args.fill_holes)
+        _check_one_size_per_label(args.remove_smaller_than or [])
         self.stages = 3 + 3 * len(self.paths) + bool(self.steps)
         request = parse_spacing(args.spacing)
         if args.max_voxels is not None or args.max_seconds is not None:
@@ -380,6 +389,7 @@ class _Run:
         self._segmenters: dict[tuple, list] = {}
         for path in args.model or []:  # a missing or damaged model file fails the run, before any case
             self.load(path)
+        _check_models_differ(args.model or [], self.load)
         if world > 1 and device.type == "cpu":  # processes on one machine share its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
@@ -402,16 +412,68 @@ class _Run:
         return self._segmenters[key]
 
 
+def _check_models_differ(paths: Sequence[str], load=None) -> None:
+    """Refuse an ensemble that names one model twice, as one file twice or as two files with the same weights
+    (``load`` reads a model; ``None``: the paths alone): its mean would weigh that model double."""
+    import torch
+
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = os.path.normcase(os.path.realpath(path))
+        if key in seen:
+            raise UserError(f"--model {path} is given twice: an ensemble averages different models; give each model "
+                            "once")
+        seen[key] = path
+    if load is None:
+        return
+    weights = []
+    for path in paths:
+        state = load(path).trainable().state_dict()  # what a model file stores
+        for other, known in weights:
+            if state.keys() == known.keys() and all(torch.equal(state[k], known[k]) for k in state):
+                raise UserError(f"--model {other} and {path} hold the same weights, so this is the same model twice: "
+                                "an ensemble averages different models; give each model once")
+        weights.append((path, state))
+
+
+def _check_one_size_per_label(options: Sequence[Sequence[float]]) -> None:
+    """Refuse ``--remove-smaller-than`` options that give one class two sizes (no LABEL: every class)."""
+    sizes: dict[object, float] = {}  # label (or "every class") to its size
+    for values in options:
+        size, labels = values[0], values[1:] or ["every class"]
+        for label in labels:
+            for other, known in sizes.items():
+                if (other == label or "every class" in (other, label)) and known != size:
+                    which = "every class" if label == other == "every class" else \
+                        f"label {label if label != 'every class' else other:g}"
+                    raise UserError(f"--remove-smaller-than gives {which} two sizes ({known:g} and {size:g} mm^3): "
+                                    "give each class one size (no LABEL means every class)")
+            sizes[label] = size
+
+
+def batch_mode(args: argparse.Namespace, cases: Sequence) -> str | None:
+    """The one mode of a batch given neither ``--mode`` nor ``--model``: ``3d`` (the embedded 3D model) when any case
+    is a volume, so that a 2D image among volumes fails clearly instead of being segmented by the 2D model with
+    other labels; ``None`` (each case's own: 2D images and single slices, the 2D model) otherwise."""
+    from .inference.cases import image_size
+
+    if args.mode is not None or args.model:
+        return None
+    sizes = [image_size(case.image) for case in cases]
+    return "3d" if any(size == () or (size and len(size) == 3 and 1 not in size) for size in sizes) else None
+
+
 def _read_scan(path: str, input_spacing: Sequence[float] | None):
     """``(image, scan, notes)``: the image of ``path`` (a colour picture as grey), the same with ``input_spacing``
     when given, checked, and notes for the user. Safe to run in a background thread."""
     from .geometry import with_spacing
-    from .io.images import check_image, nonfinite_note, picture_as_grey, picture_spacing_note, read_image
+    from .io.images import check_image, direction_note, nonfinite_note, picture_as_grey, picture_spacing_note, read_image
 
     image, colour_note = picture_as_grey(read_image(path), path)
     scan = with_spacing(image, input_spacing, "--input-spacing") if input_spacing else image
     check_image(scan, str(path))
-    notes = [colour_note, None if input_spacing else picture_spacing_note(image, path), nonfinite_note(image)]
+    notes = [colour_note, None if input_spacing else picture_spacing_note(image, path), nonfinite_note(image),
+             direction_note(image, Path(path).name)]
     return image, scan, [note for note in notes if note]
 
 
@@ -427,7 +489,11 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
     with reporter.stage("load model and image"):
         image, scan, notes = read()
         check_picture_output(output, image, name)
-        mode, model = _mode_and_model(args, scan.GetSize(), name, run.load)
+        if run.mode == "3d" and scan.GetDimension() == 2:
+            raise UserError(f"{name} is a 2D image in a batch of volumes, which the 3D model segments: segment the 2D "
+                            "images in a batch of their own (the 2D model, with other labels, segments them)")
+        given = args if run.mode is None else argparse.Namespace(**{**vars(args), "mode": run.mode})
+        mode, model = _mode_and_model(given, scan.GetSize(), name, run.load)
         models = [model] + [ensemble_member(path, model, paths[0], run.load) for path in paths[1:]]
         steps = resolve_steps(run.steps, model.labels)
         for note in notes:
@@ -436,7 +502,8 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
         segmenters = run.segmenters(mode, models, slices)
         segmenter, view = segmenters[0], segmenters[0].view(scan)
         choices = [s.choose_spacing(scan, run.request) for s in segmenters]  # each model at its own spacing
-        memory = max(s.check_memory(scan, choice.spacing) for s, choice in zip(segmenters, choices))
+        memory = max(s.check_memory(scan, choice.spacing, run.request.allow_extrapolation)
+                     for s, choice in zip(segmenters, choices))
         mask = read_mask(args.mask, image) if args.mask else None
     spacing_notes = [note for choice in choices for note in choice.notes]
     for note in spacing_notes:
@@ -459,7 +526,7 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
     applied = []
     if steps:
         with reporter.stage("postprocess"):
-            labels, applied = postprocess(labels, steps)
+            labels, applied = postprocess(labels, steps, scan.GetSpacing())  # --input-spacing's, if given
     with reporter.stage("write"):
         write_labels(labels, output, model.labels, model.colors, overwrite=args.overwrite)
         if maps["--probabilities"] is not None:
@@ -496,15 +563,22 @@ def run_segment(args: argparse.Namespace) -> int:
     if not args.output.strip():
         raise UserError("the output name is empty: give a file name such as labels.seg.nrrd with -o (a folder for a "
                         "batch)")
+    if args.skip_existing and args.overwrite:
+        raise UserError("--skip-existing keeps the outputs that exist and --overwrite replaces them: give one of them")
     cases, batch = collect_cases(args.input)
     rank, world, local_rank = process_rank()
     device = resolve_device(args.device, local_rank)
     if batch or world > 1 or args.shard is not None:
         return _segment_batch(args, cases, device, rank, world)
-    if args.summary is not None or args.output_suffix is not None:
-        raise UserError("--summary and --output-suffix apply to a batch (several inputs, a folder, a glob pattern or "
-                        "a CSV): for one INPUT, -o names the output file")
+    if args.summary is not None or args.output_suffix is not None or args.skip_existing:
+        raise UserError("--summary, --output-suffix and --skip-existing apply to a batch (several inputs, a folder, a "
+                        "glob pattern or a CSV): for one INPUT, -o names the output file")
     return _segment_single(args, cases[0].image, device)
+
+
+def _model_inputs(args: argparse.Namespace) -> dict[str, str]:
+    """The model files of ``--model`` as inputs that no output may replace: ``{role: path}``."""
+    return {f"model {path}": path for path in args.model or []}
 
 
 def _segment_single(args: argparse.Namespace, name: str, device) -> int:
@@ -512,14 +586,14 @@ def _segment_single(args: argparse.Namespace, name: str, device) -> int:
     from .io.images import check_map_output, check_not_an_input, check_output_path
     from .progress import Reporter
 
-    check_not_an_input(args.output, {"input image": name, "mask": args.mask})
+    inputs = {"input image": name, "mask": args.mask, **_model_inputs(args)}
+    check_not_an_input(args.output, inputs)
     check_output_path(args.output, args.overwrite)
     maps = {"--probabilities": args.probabilities, "--uncertainty": args.uncertainty}
     for option, path in maps.items():
         if path is not None:
             others = {f"{other} output": p for other, p in maps.items() if other != option}
-            check_not_an_input(path, {"input image": name, "mask": args.mask, "label output (-o)": args.output,
-                                      **others})
+            check_not_an_input(path, {**inputs, "label output (-o)": args.output, **others})
             check_map_output(path, args.overwrite, option)
     run = _Run(args, device)
     reporter = Reporter(stages=run.stages, quiet=args.quiet, progress_lines=args.progress_lines, device=device)
@@ -533,62 +607,92 @@ def _segment_single(args: argparse.Namespace, name: str, device) -> int:
 
 def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, world: int) -> int:
     """Segment this process's share of ``cases`` into the folder ``-o`` and write the summary CSV (rank 0 of a
-    ``torchrun`` group: the one of every process); exit code 1 if a case of this process failed."""
+    ``torchrun`` group: the one of every process); exit code 1 if a case of this process failed. Interrupted
+    (Ctrl+C, SIGTERM), a single process writes the summary of the cases it went through before it stops."""
     from .inference.cases import (
-        check_output_suffix, close_group, gather, parse_shard, plan_outputs, share, write_summary,
+        check_output_suffix, check_picture_outputs, check_summary, close_group, drop_own_outputs, gather,
+        parse_shard, plan_outputs, share, write_summary,
     )
-    from .io.images import check_not_an_input, check_writable, output_folder
+    from .io.images import IMAGE_EXTENSIONS, extension, output_folder
 
     if args.probabilities is not None or args.uncertainty is not None:
         raise UserError("--probabilities and --uncertainty name one file each, for one INPUT: segment the scans to "
                         "review one at a time with them")
     if args.mask is not None:
         raise UserError("--mask is the mask of one scan, for one INPUT: segment the scans with masks one at a time")
-    suffix = args.output_suffix or ".seg.nrrd"
+    suffix = ".seg.nrrd" if args.output_suffix is None else args.output_suffix
     check_output_suffix(suffix)
+    if extension(args.output) in (*IMAGE_EXTENSIONS, ".csv") and not Path(args.output).is_dir():
+        raise UserError(f"-o {args.output} looks like a file name, but the inputs make a batch, whose outputs go in a "
+                        "folder: give -o a folder name (such as results), or segment one INPUT")
     if args.shard is not None and world > 1:
         raise UserError("--shard splits the cases among separate jobs, but under torchrun the processes share them "
                         "already: drop --shard")
     part, parts = parse_shard(args.shard) if args.shard is not None else (rank + 1, world)
+    cases, dropped = drop_own_outputs(cases, Path(args.output), suffix)
+    if dropped and rank == 0 and not args.quiet:
+        names = ", ".join(Path(case.image).name for case in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+        print(f"note: {len(dropped)} file(s) found are outputs of this batch, not scans, and are left out: {names}",
+              file=sys.stderr)
+    if not cases:
+        raise UserError(f"every file found is an output of this batch ({args.output}): give the scans to segment")
     mine = share(cases, part - 1, parts)
+    csv_inputs = {item: f"cases CSV {item}" for item in args.input
+                  if item.lower().endswith(".csv") and Path(item).is_file()}
+    other_inputs = {**csv_inputs, **{path: role for role, path in _model_inputs(args).items()}}
     with output_folder(args.output, "-o") as folder:  # removed again if the run fails before any case
         default = f"summary-shard-{part}-of-{parts}.csv" if args.shard is not None else "summary.csv"
         summary = Path(args.summary) if args.summary else folder / default
         problem = None
         try:  # every output checked before any work
-            outputs = plan_outputs(mine, cases, folder, suffix, args.overwrite)
+            outputs, skip = plan_outputs(mine, cases, folder, suffix, args.overwrite, other_inputs, args.skip_existing)
+            check_picture_outputs(mine, outputs)
             if rank == 0:
-                if summary.suffix.lower() != ".csv":
-                    raise UserError(f"--summary {summary}: the summary is a CSV file; give a name ending in .csv")
-                check_not_an_input(summary, {**{f"input of case {c.id}": c.image for c in cases},
-                                             **{f"output of case {c.id}": o for c, o in zip(mine, outputs)}})
-                check_writable(summary, args.overwrite)
+                check_summary(summary, {**{c.image: f"input of case {c.id}" for c in cases}, **other_inputs,
+                                        **{str(o): f"output of case {c.id}" for c, o in zip(mine, outputs)}},
+                              args.skip_existing, args.overwrite)
         except UserError as error:
             problem = str(error)
         problems = [p for p in gather(problem, world) if p]  # under torchrun: every process stops, or none
         if problems:
             close_group()
             raise UserError(problems[0])
-        rows = _segment_cases(args, _Run(args, device, world), mine, outputs, len(cases))
+        run = _Run(args, device, world)
+        run.mode = batch_mode(args, cases)
+        rows, interrupted = _segment_cases(args, run, mine, outputs, skip, len(cases))
+        if interrupted:  # Ctrl+C: the cases done so far, in this process alone (other processes may be gone)
+            if rank == 0 and world == 1 and rows:
+                with contextlib.suppress(UserError, OSError):
+                    write_summary(rows, summary, args.overwrite or args.skip_existing)
+                    print(f"hyperspace: interrupted; the summary of the {len(rows)} cases gone through is in "
+                          f"{summary} (run again with --skip-existing to continue)", file=sys.stderr)
+            raise interrupted
         every = sorted((row for rows_of in gather(rows, world) for row in rows_of), key=lambda row: row["index"])
         if rank == 0:
-            write_summary(every, summary, args.overwrite)
+            write_summary(every, summary, args.overwrite or args.skip_existing)
         gather(None, world)  # every process ends after the summary is written (torchrun stops all when one fails)
         close_group()
     failed = sum(row["status"] == "failed" for row in rows)
+    skipped = sum(row["status"] == "skipped" for row in rows)
     if args.json:
         print(json.dumps({"summary": str(summary) if rank == 0 else None,
                           "cases": [{k: v for k, v in row.items() if k != "index"} for row in rows]}, indent=2))
     elif not args.quiet:
         where = f"; summary: {summary}" if rank == 0 else ""
-        print(f"segmented {len(rows) - failed} of {len(rows)} cases into {folder}"
-              + (f" ({failed} failed)" if failed else "") + where)
+        notes = ([f"{failed} failed"] if failed else []) + \
+            ([f"{skipped} skipped: their outputs exist"] if skipped else [])
+        print(f"segmented {len(rows) - failed - skipped} of {len(rows)} cases into {folder}"
+              + (f" ({'; '.join(notes)})" if notes else "") + where)
     return 1 if failed else 0
 
 
-def _segment_cases(args: argparse.Namespace, run: _Run, cases: list, outputs: list[Path], total: int) -> list[dict]:
-    """Segment ``cases`` one after the other into ``outputs``, reading each next case in a background thread while
-    one is predicted; a case that fails is reported in one line on stderr and skipped. One summary row per case."""
+def _segment_cases(args: argparse.Namespace, run: _Run, cases: list, outputs: list[Path], skip: list[bool],
+                   total: int) -> tuple[list[dict], BaseException | None]:
+    """Segment ``cases`` one after the other into ``outputs`` (those marked in ``skip`` not: their outputs exist),
+    reading each next case in a background thread while one is predicted; a case that fails is reported in one line
+    on stderr and skipped. ``(rows, interrupted)``: one summary row per case gone through, and the
+    ``KeyboardInterrupt`` (Ctrl+C) or ``SystemExit`` (SIGTERM) that stopped the batch (its case listed as
+    cancelled), if one did."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .inference.cases import error_line
@@ -597,34 +701,53 @@ def _segment_cases(args: argparse.Namespace, run: _Run, cases: list, outputs: li
     progress = CaseProgress(len(cases), quiet=args.quiet)
     maps = {"--probabilities": None, "--uncertainty": None}
     rows = []
+    todo = [number for number, skipped in enumerate(skip) if not skipped]  # the cases to read, in order
+    interrupted = None
     with ThreadPoolExecutor(max_workers=1) as pool:
-        reads = [pool.submit(_read_scan, cases[0].image, args.input_spacing)] if cases else []
+        reads = {}
+
+        def read_ahead(number: int) -> None:  # the next case to segment after case ``number`` (0-based)
+            following = next((n for n in todo if n > number), None)
+            if following is not None and following not in reads:
+                reads[following] = pool.submit(_read_scan, cases[following].image, args.input_spacing)
+
+        read_ahead(-1)
         for number, (case, output) in enumerate(zip(cases, outputs), 1):
-            if number < len(cases):  # read the next case while this one is predicted
-                reads.append(pool.submit(_read_scan, cases[number].image, args.input_spacing))
+            row = {"index": case.index, "id": case.id, "input": case.image, "output": str(output), "status": "done",
+                   "spacing_mm": None, "error": None}
+            if skip[number - 1]:
+                rows.append({**row, "status": "skipped", "error": "output exists (--skip-existing)"})
+                continue
+            read_ahead(number - 1)  # read the next case while this one is predicted
             position = CasePosition(number, len(cases), case.id)
             progress.start(position)
             reporter = Reporter(stages=run.stages, quiet=args.quiet or progress.bar is not None,
                                 progress_lines=args.progress_lines, device=run.device, case=position,
                                 on_stage=progress.stage)
             start = time.perf_counter()
-            row = {"index": case.index, "id": case.id, "input": case.image, "output": str(output), "status": "done",
-                   "spacing_mm": None, "error": None}
             try:
                 row["spacing_mm"] = _segment_case(run, case.image, output, reads[number - 1].result, reporter,
                                                   maps)["spacing_mm"]
             except (UserError, RuntimeError, MemoryError, OSError) as error:
                 row.update(output=None, status="failed", error=error_line(error))
                 progress.error(f"hyperspace: case {case.id} ({case.index + 1} of {total}) failed: {row['error']}")
+            except (KeyboardInterrupt, SystemExit) as error:  # Ctrl+C, or terminated (SIGTERM, see main): this case
+                row.update(output=None, status="cancelled", error="interrupted")  # is not written (nor its temporary)
+                interrupted = error
+                for future in reads.values():
+                    if future is not None:
+                        future.cancel()
             reads[number - 1] = None  # the image is no longer needed
             records = reporter.records  # the stages that ran to their end
             row.update(seconds=round(time.perf_counter() - start, 3),
                        peak_memory_mb=round(max(r.peak_memory_mb for r in records), 1) if records else None,
                        **_memory_time(records))
-            progress.finish(position, row["status"], row["seconds"])
             rows.append(row)
+            if interrupted:
+                break
+            progress.finish(position, row["status"], row["seconds"])
     progress.close()
-    return rows
+    return rows, interrupted
 
 
 def describe(model, path: Path) -> dict:
@@ -852,6 +975,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hyperspace`` script; returns the exit code."""
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # terminated: remove temporary files on the way out
+    for stream in (sys.stdout, sys.stderr):  # a console that cannot show a name (cp1252 on Windows) gets \N escapes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

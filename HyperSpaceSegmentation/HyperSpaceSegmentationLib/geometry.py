@@ -166,14 +166,40 @@ def grid_differences(
 
 
 def grid_difference(reference: sitk.Image, other: sitk.Image, tolerance: float = 1e-4) -> str:
-    """A short description of how the grid of ``other`` differs from ``reference`` ('' if it does not)."""
-    return "; ".join(f"{label} {format_values(a)} vs {format_values(b)}"
-                     for label, a, b in grid_differences(reference, other, tolerance))
+    """A short description of how the grid of ``other`` differs from ``reference`` ('' if it does not): each
+    property's two values (with the digits that tell them apart) and, for spacing, origin and direction, by how
+    much they differ ('origin (0, 0, 0) vs (0.001, 0, 0), origins differ by 0.001 mm')."""
+    parts = []
+    for label, a, b in grid_differences(reference, other, tolerance):
+        first, second = format_pair(a, b)
+        apart = difference(label, a, b)
+        parts.append(f"{label} {first} vs {second}" + (f", {apart}" if apart else ""))
+    return "; ".join(parts)
 
 
-def format_values(values: Sequence[float]) -> str:
-    """``(1.5, 0.8, 3)``: a size, spacing, origin or direction, briefly."""
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+def format_values(values: Sequence[float], digits: int = 4) -> str:
+    """``(1.5, 0.8, 3)``: a size, spacing, origin or direction, briefly (``digits`` significant digits)."""
+    return "(" + ", ".join(f"{v:.{digits}g}" for v in values) + ")"
+
+
+def format_pair(a: Sequence[float], b: Sequence[float]) -> tuple[str, str]:
+    """``a`` and ``b`` as ``format_values`` writes them, with as many more digits as it takes for two different
+    values not to look the same (origins 0.001 mm apart at 100 mm)."""
+    for digits in (4, 6, 8, 10, 12, 17):
+        first, second = format_values(a, digits), format_values(b, digits)
+        if first != second or tuple(a) == tuple(b):
+            break
+    return first, second
+
+
+def difference(label: str, a: Sequence[float], b: Sequence[float]) -> str:
+    """How far apart two spacings, origins (mm) or directions (cosines) are, by their largest difference in one
+    value: 'origins differ by 0.001 mm'; '' for sizes or values of different lengths."""
+    if label == "size" or len(a) != len(b):
+        return ""
+    gaps = np.abs(np.subtract(a, b, dtype=float))
+    by = "by up to" if np.count_nonzero(gaps) > 1 else "by"
+    return f"{label}s differ {by} {float(gaps.max()):.3g}" + (" (cosines)" if label == "direction" else " mm")
 
 
 def physical_size(image: sitk.Image) -> tuple[float, ...]:

@@ -97,11 +97,17 @@ def resolve_steps(steps: Sequence[PostprocessingStep], model_labels: Mapping[int
     return resolved
 
 
-def postprocess(labels: sitk.Image, steps: Sequence[PostprocessingStep]) -> tuple[sitk.Image, list[dict]]:
+def postprocess(labels: sitk.Image, steps: Sequence[PostprocessingStep],
+                spacing: Sequence[float] | None = None) -> tuple[sitk.Image, list[dict]]:
     """``labels`` after ``steps`` (applied in the order of ``OPERATIONS``) on the same grid, and what each step did:
-    its operation, labels, volume and the voxels it changed per class."""
+    its operation, labels, volume and the voxels it changed per class. Volumes are measured with ``spacing`` (mm, one
+    value per axis of ``labels``): the scan's true spacing when its header's is wrong (``--input-spacing``); by
+    default the spacing of ``labels``' header."""
     array = sitk.GetArrayFromImage(labels)
-    voxel_volume = math.prod(labels.GetSpacing())
+    spacing = tuple(float(s) for s in (labels.GetSpacing() if spacing is None else spacing))
+    if len(spacing) != labels.GetDimension() or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing {spacing} is not {labels.GetDimension()} positive values in mm")
+    voxel_volume = math.prod(spacing)
     full = ndimage.generate_binary_structure(array.ndim, array.ndim)
     report = []
     for step in sorted(steps, key=lambda s: OPERATIONS.index(s.operation)):

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import UserError
-from ..geometry import format_values, grid_difference, grid_differences, resample_labels
+from ..geometry import difference, format_pair, grid_difference, grid_differences, resample_labels
 from ..io.images import atomic_output
 from .labels import ClassSpec, Segmentation, default_classes, read_segmentation
 from .metrics import DEFAULT_METRICS, METRICS, Comparison, compute
@@ -40,6 +40,11 @@ def align(reference: Segmentation, prediction: Segmentation, resample: bool, nam
     """The prediction on the reference grid: unchanged if the grids match, resampled (nearest) if allowed."""
     if not grid_difference(reference.image, prediction.image):
         return prediction
+    if reference.image.GetDimension() != prediction.image.GetDimension():
+        # resampling keeps the dimensions: no option makes a 2D image comparable with a volume
+        raise UserError(f"the images have different dimensions ({grid_mismatch(reference.image, prediction.image, names)}): "
+                        "give a prediction with the reference's dimensions (a 2D prediction for a 2D reference, a "
+                        "volume for a volume)")
     if not resample:
         raise UserError(f"the images are on different grids ({grid_mismatch(reference.image, prediction.image, names)}): "
                         "pass --resample-to-reference to resample the prediction")
@@ -60,8 +65,11 @@ def grid_mismatch(reference: sitk.Image, prediction: sitk.Image, names: tuple[st
         return (f"reference {names[0]} is {reference.GetDimension()}D, "
                 f"prediction {names[1]} {prediction.GetDimension()}D")
     differences = grid_differences(reference, prediction)
-    return (f"reference {names[0]} has " + ", ".join(f"{label} {format_values(a)}" for label, a, _ in differences)
-            + f"; prediction {names[1]} has " + ", ".join(f"{label} {format_values(b)}" for label, _, b in differences))
+    shown = [(label, *format_pair(a, b)) for label, a, b in differences]  # digits enough to tell them apart
+    gaps = [gap for gap in (difference(label, a, b) for label, a, b in differences) if gap]
+    return (f"reference {names[0]} has " + ", ".join(f"{label} {a}" for label, a, _ in shown)
+            + f"; prediction {names[1]} has " + ", ".join(f"{label} {b}" for label, _, b in shown)
+            + "".join(f"; {gap}" for gap in gaps))
 
 
 def evaluate_pair(
@@ -150,11 +158,15 @@ def read_paths_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def _evaluate_row(args: tuple) -> dict[str, float | str]:
+    """One case's row; whatever goes wrong with this case is its ``error``, and the batch goes on."""
     case, classes, metrics, tolerance, resample = args
     try:
         return {"id": case["id"], **evaluate_files(case["mask"], case["prediction"], classes, metrics, tolerance, resample)}
     except UserError as error:
         return {"id": case["id"], "error": str(error)}
+    except (ArithmeticError, LookupError, MemoryError, OSError, RuntimeError, TypeError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [""])[-1][:200]
+        return {"id": case["id"], "error": f"could not be scored ({type(error).__name__}: {first}): check its files"}
 
 
 def evaluate_batch(
@@ -242,15 +254,15 @@ def _number(value: float | str | None) -> float:
 
 
 def write_results_csv(rows: Iterable[dict[str, float | str]], path: str | os.PathLike, overwrite: bool) -> Path:
-    """Write results.csv (atomically) in MIST's layout."""
+    """Write results.csv (atomically) in MIST's layout: UTF-8 (any class name or case id), lines ending in CRLF
+    as the csv module writes them (RFC 4180) on every system."""
     columns, table = results_table(rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in table:
-        writer.writerow({k: _format(v) for k, v in row.items()})
     with atomic_output(path, overwrite) as temporary:
-        temporary.write_text(buffer.getvalue())
+        with open(temporary, "w", encoding="utf-8", newline="") as handle:  # newline="": no second CR on Windows
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in table:
+                writer.writerow({k: _format(v) for k, v in row.items()})
     return Path(path)
 
 

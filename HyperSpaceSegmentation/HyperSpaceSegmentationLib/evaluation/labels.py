@@ -73,9 +73,14 @@ def read_segmentation(path: str | os.PathLike) -> Segmentation:
             raise UserError(f"{path} has more than {MAX_LABELS} distinct values, so it looks like an intensity image: "
                             "give a label map")
         return Segmentation(image, array, {})
-    if np.isfinite(array).all() and np.array_equal(array, np.round(array)):
+    finite = np.isfinite(array)
+    if not finite.all():
+        count = int(array.size - np.count_nonzero(finite))
+        raise UserError(f"{path} holds {count:,} NaN or infinite voxels, which are no label: give a label map of whole "
+                        "numbers (or probabilities in [0, 1]), with 0 where there is no label")
+    if np.array_equal(array, np.round(array)):
         return Segmentation(image, array.astype(np.int64), {})
-    if np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1:
+    if array.min() >= 0 and array.max() <= 1:
         return Segmentation(image, (array >= 0.5).astype(np.uint8), {}, probabilities=array)
     raise UserError(f"{path} holds non-integer values outside [0, 1]: give a label map (or probabilities in [0, 1])")
 
@@ -91,9 +96,20 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
     except Exception as error:  # slicerio raises several types for malformed headers
         raise UserError(f"{path} is not a readable Slicer segmentation ({error}): check the file") from None
     shape = segmentation["voxels"].shape[-3:]  # (i, j, k); a layered file has the layer axis first
+    if not segmentation.get("segments") and np.any(segmentation["voxels"]):
+        found = np.unique(segmentation["voxels"])
+        shown = ", ".join(str(v) for v in found[found != 0][:5]) + (", ..." if np.count_nonzero(found) > 5 else "")
+        raise UserError(f"{path} holds labelled voxels (values {shown}) but no segments (no Segment0_Name and so on in "
+                        "its header): it is a label map saved under the .seg.nrrd name; rename it to .nrrd to use its "
+                        "voxel values as labels, or save it from Slicer as a segmentation")
     values = np.zeros(shape[::-1], dtype=np.int64)
     segments, names = {}, {}
-    for segment in segmentation["segments"]:
+    listed = segmentation.get("segments", [])
+    # slicerio's NRRD reader drops the bytes of non-ASCII characters; the header holds the names in UTF-8
+    utf8 = _segment_names(path)
+    if [read for read, _ in utf8] == [segment["name"] for segment in listed]:
+        listed = [{**segment, "name": name} for segment, (_, name) in zip(listed, utf8)]
+    for segment in listed:
         mask = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)
         segments[segment["name"]] = mask
         values[mask] = int(segment["labelValue"])
@@ -105,6 +121,26 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
     grid.SetOrigin(matrix[:3, 3].tolist())
     grid.SetDirection((matrix[:3, :3] / spacing).ravel().tolist())
     return Segmentation(grid, values, segments, value_names=names)
+
+
+def _segment_names(path: Path) -> list[tuple[str, str]]:
+    """``(name as slicerio reads it, name)`` for each segment of a ``.seg.nrrd`` header, in segment order: Slicer
+    (and ``write_labels``) write names in UTF-8, and slicerio's reader drops the bytes of non-ASCII characters."""
+    header = bytearray()
+    with open(path, "rb") as stream:
+        while b"\n\n" not in header.replace(b"\r\n", b"\n") and len(header) < (64 << 20):  # ends at an empty line
+            chunk = stream.read(1 << 16)
+            if not chunk:
+                break
+            header += chunk
+    text = bytes(header).replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("utf-8", errors="replace")
+    names = {}
+    for line in text.split("\n"):
+        key, _, name = line.partition(":=")
+        index = key[len("Segment"):-len("_Name")]
+        if key.startswith("Segment") and key.endswith("_Name") and index.isdigit():
+            names[int(index)] = ("".join(c for c in name if c.isascii()).strip(), name.strip())
+    return [names[index] for index in sorted(names)]
 
 
 def read_mask(path: str | os.PathLike, reference: sitk.Image) -> np.ndarray:

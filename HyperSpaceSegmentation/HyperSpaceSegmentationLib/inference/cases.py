@@ -15,25 +15,33 @@ from typing import Iterable, Sequence
 import SimpleITK as sitk
 
 from ..errors import UserError
-from ..io.images import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, atomic_output, check_output_path, extension
+from ..io.images import (
+    IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, PICTURE_OUTPUTS, _itk_warnings_off, atomic_output, check_output_path,
+    check_writable, extension,
+)
 
 CSV_COLUMNS = ("id", "image")  # required; "output" is optional
 SUMMARY_COLUMNS = ("id", "input", "output", "status", "spacing_mm", "seconds", "peak_memory_mb", "memory_time_mb_s",
                    "gpu_memory_time_mb_s", "error")
 _NOT_SCANS = (".seg.nrrd", ".dcm")  # in a folder: segmentations (earlier results) and DICOM slices are no cases
 _PATTERN_CHARACTERS = frozenset("*?[")
+_NOT_IN_NAMES = frozenset('<>:"/\\|?*')  # characters that Windows, macOS or Linux refuse in a file name
+_DEVICE_NAMES = frozenset(["con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                           *(f"lpt{i}" for i in range(1, 10))])  # Windows opens a device for these names
 
 
 @dataclass(frozen=True)
 class Case:
     """One scan to segment: ``index`` in the whole list (which decides the process that segments it), a unique
     ``id``, the ``image`` (a file or a DICOM series folder) and the ``output`` a CSV gives it (``None``: named after
-    the id in the output folder)."""
+    the id in the output folder). ``scanned``: found by scanning a folder or a glob pattern (not named by the user),
+    so a file that is an output of this batch (an earlier run's) is no case (see ``drop_own_outputs``)."""
 
     index: int
     id: str
     image: str
     output: str | None = None
+    scanned: bool = False
 
 
 def case_id(path: str | os.PathLike) -> str:
@@ -50,50 +58,89 @@ def collect_cases(inputs: Sequence[str]) -> tuple[list[Case], bool]:
     match, sorted) and CSV files (see ``read_cases_csv``). ``batch`` is false for one image file or DICOM series
     folder, whose output ``-o`` names; else ``-o`` names a folder. Ids must be unique (ignoring case, as the file
     systems of Windows and macOS do), since outputs are named after them."""
-    found: list[tuple[str, str, str | None]] = []  # (id, image, output)
+    found: list[tuple[str, str, str | None, bool]] = []  # (id, image, output, scanned)
     batch = len(inputs) > 1
     for item in inputs:
+        if not item.strip():  # Path("") is the current folder: never scan it by accident
+            raise UserError("an INPUT is empty (an unset shell variable?): give an image file, a folder, a quoted glob "
+                            "pattern or a CSV of cases")
         path = Path(item)
         members = None
         if path.is_file() and path.suffix.lower() == ".csv":
-            members = read_cases_csv(path)
+            members = [(*member, False) for member in read_cases_csv(path)]
         elif path.is_dir():
             members = _folder_cases(path)
+            if members is None and not _dicom_series(path):
+                results = any(extension(p) == ".seg.nrrd" for p in path.iterdir())
+                raise UserError(f"folder {item} holds no image file to segment"
+                                + (" (only .seg.nrrd results, which are no scans)" if results else "")
+                                + ": it is a folder without a DICOM series, nor subfolders with one: give a folder of "
+                                  "scans (.nrrd, .nii.gz, .mha, ...) or a DICOM series folder")
         elif not path.exists() and _PATTERN_CHARACTERS & set(item):
-            matches = sorted(m for m in glob.glob(item, recursive=True) if _is_scan(Path(m), in_folder=False))
-            if not matches:
-                raise UserError(f"no image file or folder matches the pattern {item}: check it (quote it, so that "
-                                "the shell leaves it to hyperspace)")
-            members = [(case_id(m), m, None) for m in matches]
+            matches = sorted(glob.glob(item, recursive=True))
+            scans = [m for m in matches if _is_scan(Path(m), in_folder=False)]
+            if not scans:
+                results = " (.seg.nrrd results, which are no scans, are left out)" if matches else ""
+                raise UserError(f"no image file or folder matches the pattern {item}{results}: check it (quote it, so "
+                                "that the shell leaves it to hyperspace)")
+            members = [(case_id(m), m, None, True) for m in scans]
         if members is None:
-            found.append((case_id(path), item, None))  # one image (read_image says what is wrong with it)
+            found.append((case_id(path), item, None, False))  # one image (read_image says what is wrong with it)
         else:
             found += members
             batch = True
+    _check_unique([(id_, image) for id_, image, _, _ in found])
+    return [Case(index, *case) for index, case in enumerate(found)], batch
+
+
+def _check_unique(cases: Sequence[tuple[str, str]]) -> None:
+    """Refuse two cases ``(id, image)`` with the same id, ignoring case (as the file systems of Windows and macOS)."""
     seen: dict[str, str] = {}
-    for id_, image, _ in found:
+    for id_, image in cases:
         if id_.casefold() in seen:
             raise UserError(f"case id {id_!r} is given to both {seen[id_.casefold()]} and {image}: every case needs its "
                             "own id (its output is named after it); rename one, or list the cases in a CSV with ids")
         seen[id_.casefold()] = image
-    return [Case(index, *case) for index, case in enumerate(found)], batch
+
+
+def drop_own_outputs(cases: Sequence[Case], folder: Path, suffix: str) -> tuple[list[Case], list[Case]]:
+    """``(kept, dropped)``: the cases without those found by a scan (folder or glob pattern) whose image is the output
+    of another case of this batch (an earlier run's result, such as ``alpha_labels.nii.gz`` next to ``alpha.nrrd``
+    with ``--output-suffix _labels.nii.gz``); the kept ones numbered again from 0."""
+    outputs = {_key(_output_of(case, folder, suffix)) for case in cases}
+    dropped = [case for case in cases if case.scanned and _key(case.image) in outputs
+               and _key(_output_of(case, folder, suffix)) != _key(case.image)]
+    gone = {case.index for case in dropped}
+    kept = [case for case in cases if case.index not in gone]
+    return [Case(index, case.id, case.image, case.output, case.scanned) for index, case in enumerate(kept)], dropped
+
+
+def _output_of(case: Case, folder: Path, suffix: str) -> Path:
+    return Path(case.output) if case.output else folder / f"{case.id}{suffix}"
 
 
 def _is_scan(path: Path, in_folder: bool) -> bool:
-    """A folder that holds a DICOM series, or an image file (in a folder: not a segmentation or a DICOM slice)."""
+    """A folder that holds a DICOM series, or an image file: not a segmentation (an earlier result); in a folder,
+    not a DICOM slice either."""
     if path.is_dir():
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+        return _dicom_series(path)
     ext = extension(path)
-    return ext in IMAGE_EXTENSIONS and not (in_folder and ext in _NOT_SCANS)
+    return ext in IMAGE_EXTENSIONS and ext not in (_NOT_SCANS if in_folder else _NOT_SCANS[:1])
 
 
-def _folder_cases(folder: Path) -> list[tuple[str, str, None]] | None:
+def _dicom_series(folder: Path) -> bool:
+    """Whether ``folder`` holds a DICOM series (without ITK's warnings on the console for one that does not)."""
+    with _itk_warnings_off():
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def _folder_cases(folder: Path) -> list[tuple[str, str, None, bool]] | None:
     """The cases of a folder: its image files, else its subfolders that hold a DICOM series, else ``None`` (the
     folder is one DICOM series, or holds nothing to segment: read_image says so)."""
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     scans = [p for p in entries if p.is_file() and _is_scan(p, in_folder=True)]
     scans = scans or [p for p in entries if p.is_dir() and _is_scan(p, in_folder=True)]
-    return [(case_id(p), str(p), None) for p in scans] or None
+    return [(case_id(p), str(p), None, True) for p in scans] or None
 
 
 def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
@@ -107,6 +154,13 @@ def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
     except (UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"cases CSV {path} is not a readable UTF-8 CSV file ({error}): save it as CSV (UTF-8)") from None
     if missing := [c for c in CSV_COLUMNS if c not in reader.fieldnames]:
+        first = text.lstrip().splitlines()[0] if text.strip() else ""
+        delimiter = next((d for d in ";\t|" if d in first and "," not in first), None)
+        if delimiter:
+            shown = {";": "semicolons (;)", "\t": "tabs", "|": "bars (|)"}[delimiter]
+            raise UserError(f"cases CSV {path} separates its columns with {shown}, not commas: save it as CSV with "
+                            "commas (a spreadsheet's 'CSV (comma delimited)'), with the columns id, image and "
+                            "optionally output")
         raise UserError(f"cases CSV {path} lacks the column(s) {', '.join(missing)}: its first line must name the "
                         "columns id, image and optionally output")
     cases = []
@@ -118,9 +172,9 @@ def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
             problem = "has more values than columns" if None in row else "has no id or no image"
             raise UserError(f"cases CSV {path}, line {line} {problem}: give id and image (and optionally output) on "
                             "every line")
-        if any(c in values["id"] for c in "/\\:") or values["id"] in (".", ".."):
-            raise UserError(f"cases CSV {path}, line {line}: id {values['id']!r} cannot be a file name (outputs are "
-                            "named after ids): leave out / \\ and :")
+        if problem := _id_problem(values["id"]):
+            raise UserError(f"cases CSV {path}, line {line}: id {values['id']!r} {problem} (outputs are named after "
+                            "ids): give an id such as case01, without / \\ : * ? \" < > |")
         output = values.get("output") or None
         cases.append((values["id"], str(path.parent / values["image"]),
                       str(path.parent / output) if output else None))
@@ -129,36 +183,109 @@ def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
     return cases
 
 
+def _id_problem(id_: str) -> str | None:
+    """Why a CSV's case id cannot name its output file on Windows, macOS and Linux, or ``None``."""
+    if id_ in (".", ".."):
+        return "names a folder, not a file"
+    if id_.startswith("."):
+        return "starts with '.', which would make its output a hidden file"
+    if bad := sorted({c for c in id_ if c in _NOT_IN_NAMES or ord(c) < 32}):
+        return f"holds {' '.join(map(repr, bad))}, which a file name cannot hold"
+    if id_.endswith((".", " ")):
+        return "ends in '.' or a space, which Windows drops from file names"
+    if id_.split(".")[0].strip().casefold() in _DEVICE_NAMES:
+        return "is a device name on Windows"
+    return None
+
+
 def check_output_suffix(suffix: str) -> None:
-    """Refuse an ``--output-suffix`` whose extension is no label-image format."""
+    """Refuse an ``--output-suffix`` whose extension is no label-image format (an empty one included)."""
     if extension(f"case{suffix}") not in OUTPUT_EXTENSIONS or "/" in suffix or "\\" in suffix:
-        raise UserError(f"--output-suffix {suffix}: end it in one of {', '.join(OUTPUT_EXTENSIONS)} (the format of "
+        raise UserError(f"--output-suffix {suffix!r}: end it in one of {', '.join(OUTPUT_EXTENSIONS)} (the format of "
                         "the outputs), with no folder in it")
 
 
+def check_picture_outputs(cases: Sequence[Case], outputs: Sequence[Path]) -> None:
+    """Before any work: refuse a picture output (PNG, TIFF, BMP: one 2D plane) for a case whose header (or DICOM
+    series folder) is a volume of several slices. A file whose header cannot be read fails at its turn."""
+    for case, output in zip(cases, outputs):
+        if extension(output) not in PICTURE_OUTPUTS:
+            continue
+        size = image_size(case.image)
+        if size == () or (size is not None and len(size) == 3 and 1 not in size):
+            shown = "a DICOM series" if size == () else f"a volume of {' x '.join(map(str, size))} voxels"
+            raise UserError(f"case {case.id} ({case.image}) is {shown}, but its output {output.name} is a picture, "
+                            "which holds one 2D plane: use --output-suffix .seg.nrrd (or .nrrd, .nii.gz, .mha)")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """An image file's size from its header alone (``()`` for a folder, a DICOM series; ``None`` if unreadable)."""
+    if Path(path).is_dir():
+        return ()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _itk_warnings_off():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return tuple(reader.GetSize())
+
+
 def plan_outputs(cases: Sequence[Case], every_case: Sequence[Case], folder: Path, suffix: str,
-                 overwrite: bool) -> list[Path]:
-    """The output of each case of ``cases``, checked before any work: a supported format in a folder that can be
-    written, not existing (without ``overwrite``), not an input of ``every_case`` nor another case's output."""
-    inputs = {_key(case.image): case.image for case in every_case}
+                 overwrite: bool, other_inputs: dict[str, str] | None = None,
+                 skip_existing: bool = False) -> tuple[list[Path], list[bool]]:
+    """``(outputs, skip)``: the output of each case of ``cases``, checked before any work: a supported format in a
+    folder that can be written, not existing (without ``overwrite``; with ``skip_existing`` an existing one marks
+    its case to skip), not an input of ``every_case`` nor of ``other_inputs`` (``{path: role}``, such as the cases
+    CSV or a model file), nor another case's output."""
+    inputs = {_key(case.image): f"input {case.image}" for case in every_case}
+    inputs.update({_key(path): role for path, role in (other_inputs or {}).items()})
     outputs: dict[str, str] = {}
-    paths = []
+    paths, skip = [], []
     for case in cases:
-        path = Path(case.output) if case.output else folder / f"{case.id}{suffix}"
+        path = _output_of(case, folder, suffix)
         key = _key(path)
         if key in inputs:
-            raise UserError(f"the output {path} of case {case.id} is the input {inputs[key]}: choose another output")
+            raise UserError(f"the output {path} of case {case.id} is the {inputs[key]}: choose another output")
         if key in outputs:
             raise UserError(f"cases {outputs[key]} and {case.id} have the same output {path}: give each its own")
         outputs[key] = case.id
-        check_output_path(path, overwrite)
+        exists = skip_existing and path.is_file()
+        if not exists:
+            check_output_path(path, overwrite)
         paths.append(path)
-    return paths
+        skip.append(exists)
+    return paths, skip
+
+
+def check_summary(path: Path, inputs: dict[str, str], replace: bool, overwrite: bool) -> None:
+    """Before any work: the summary CSV ``path`` must end in .csv, be none of ``inputs`` (``{path: role}``: images,
+    cases CSVs, models, outputs), and be writable: new, or replaced with ``overwrite``, or with ``replace``
+    (``--skip-existing``, which continues a batch) when it is a summary of ours."""
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"--summary {path}: the summary is a CSV file; give a name ending in .csv")
+    key = _key(path)
+    for other, role in inputs.items():
+        if _key(other) == key:
+            raise UserError(f"the summary {path} is the {role}: give --summary another name, such as summary.csv in "
+                            "the output folder")
+    if replace and path.is_file() and not overwrite:
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as file:
+                header = next(csv.reader(file), [])
+        except (OSError, UnicodeDecodeError, csv.Error):
+            header = []
+        if tuple(header) != SUMMARY_COLUMNS:
+            raise UserError(f"{path} exists and is no summary of a hyperspace batch: choose another --summary name")
+        check_writable(path, overwrite=True)
+        return
+    check_writable(path, overwrite)
 
 
 def _key(path: str | os.PathLike) -> str:
-    """A path as the file system compares it: absolute, normalised (and without case on Windows)."""
-    return os.path.normcase(os.path.abspath(path))
+    """A path as the file system compares it: absolute, links resolved, normalised (and without case on Windows)."""
+    return os.path.normcase(os.path.realpath(os.path.abspath(path)))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -223,8 +350,8 @@ def write_summary(rows: Iterable[dict], path: str | os.PathLike, overwrite: bool
     writer.writeheader()
     for row in rows:
         writer.writerow({key: _cell(value) for key, value in row.items()})
-    with atomic_output(path, overwrite) as temporary:
-        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    with atomic_output(path, overwrite) as temporary, open(temporary, "w", encoding="utf-8", newline="") as file:
+        file.write(buffer.getvalue())  # "\n" line ends on every system
     return Path(path)
 
 

@@ -389,22 +389,67 @@ class Segmenter:
             self._seconds_per_voxel_measured = (time.perf_counter() - start) / math.prod(window)
         return self._seconds_per_voxel_measured
 
-    def check_memory(self, image: sitk.Image, spacing: Sequence[float]) -> float:
-        """The estimated need (MB); a ``UserError`` with a coarser spacing to try if even the smallest windows
-        exceed the budget (``max_memory_mb``) or what is free on the device."""
+    def check_memory(self, image: sitk.Image, spacing: Sequence[float], allow_extrapolation: bool = False) -> float:
+        """The estimated need (MB); a ``UserError`` if even the smallest windows exceed the budget (``max_memory_mb``)
+        or what is free on the device, with only advice that works (see ``_memory_advice``)."""
         need = self.estimate_memory_mb(image, spacing)
         free = available_memory_mb(self.device)
-        limit = min(self.max_memory_mb, 0.9 * free) if self.max_memory_mb is not None else 0.9 * free
+        limit = self._memory_limit_mb(free)
         if need > limit:
-            factor = (need / (0.55 * limit)) ** (1 / len(spacing))
-            suggestion = " ".join(f"{s * factor:.2f}" for s in spacing)
-            what = (f"the budget is {self.max_memory_mb:,.0f} MB (--max-memory)" if limit < 0.9 * free
+            what = (f"the budget is {_megabytes(self.max_memory_mb)} MB (--max-memory)" if limit < 0.9 * free
                     else f"{free:,.0f} MB are free on {self.device.type}")
             raise UserError(
-                f"segmenting at spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm needs about {need:,.0f} MB but "
-                f"{what}: use a coarser spacing such as --spacing {suggestion}"
+                f"segmenting at spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm needs about "
+                f"{_megabytes(need)} MB but {what}: {self._memory_advice(image, spacing, need, free, allow_extrapolation)}"
             )
         return need
+
+    def _memory_limit_mb(self, free: float) -> float:
+        """The most memory (MB) ``check_memory`` lets a run need, ``free`` MB being free on the device."""
+        return min(self.max_memory_mb, 0.9 * free) if self.max_memory_mb is not None else 0.9 * free
+
+    def _memory_advice(self, image: sitk.Image, spacing: Sequence[float], need: float, free: float,
+                       allow_extrapolation: bool) -> str:
+        """What to do when segmenting ``image`` at ``spacing`` needs ``need`` MB, more than the budget allows: only
+        what fits (each estimated as the run that follows it would): a coarser spacing in the trained range (beyond
+        it with ``allow_extrapolation`` or an FS model, whose spacing is not clamped), else a larger ``--max-memory``
+        where the device has the memory, else a spacing beyond the trained range with ``--allow-extrapolation``."""
+        low, high = self.model.spacing_range
+        unclamped = allow_extrapolation or self.model.method == "fs"
+        advice = []
+        coarser = self._coarser_spacing_that_fits(image, spacing, need, None if unclamped else high)
+        if coarser is not None:
+            return f"use a coarser spacing such as --spacing {' '.join(f'{s:g}' for s in coarser)}"
+        if self.max_memory_mb is not None and need * 1.1 <= 0.9 * free:
+            advice.append(f"give a larger budget such as --max-memory {math.ceil(need * 1.1)} ({free:,.0f} MB are free "
+                          f"on {self.device.type})")
+        if not unclamped:
+            beyond = self._coarser_spacing_that_fits(image, spacing, need, None)
+            if beyond is not None:
+                advice.append(f"use --spacing {' '.join(f'{s:g}' for s in beyond)} --allow-extrapolation (coarser "
+                              f"than the trained range {low:g}-{high:g} mm: less accurate)")
+        if advice:
+            return " or ".join(advice)
+        return (f"even the coarsest spacing and smallest windows need more: free memory on {self.device.type} (close "
+                "other programs), or segment on a machine with more memory")
+
+    def _coarser_spacing_that_fits(self, image: sitk.Image, spacing: Sequence[float], need: float,
+                                   high: float | None) -> tuple[float, ...] | None:
+        """A coarser spacing (at most ``high`` per axis; ``None``: up to ``_EXTRAPOLATION_REACH`` times the coarsest
+        axis or the trained range) whose estimated need fits the budget, rounded up to 0.01 mm as printed; or
+        ``None`` if none does."""
+        limit = self._memory_limit_mb(available_memory_mb(self.device))
+        reach = high if high is not None else max(max(spacing), self.model.spacing_range[1]) * _EXTRAPOLATION_REACH
+        factor = max((need / (0.55 * limit)) ** (1 / len(spacing)), 1.01)
+        previous = None
+        for _ in range(200):
+            candidate = tuple(max(s, min(math.ceil(s * factor * 100) / 100, reach)) for s in spacing)
+            if candidate == previous:  # every axis at the reach: nothing coarser to try
+                return None
+            if self.estimate_memory_mb(image, candidate) <= limit:
+                return candidate
+            previous, factor = candidate, factor * 1.15
+        return None
 
     # segmentation ---------------------------------------------------------------------------------
     def segment(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter) -> sitk.Image:
@@ -589,6 +634,11 @@ def _at_least(patch: Sequence[int], shape: Sequence[int], least: int) -> tuple[i
 
 def _clamp(spacing: Sequence[float], low: float, high: float) -> tuple[float, ...]:
     return tuple(min(max(float(s), low), high) for s in spacing)
+
+
+def _megabytes(value: float) -> str:
+    """MB as shown in messages: whole numbers with thousands separators, two digits below 10 MB."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def _mm(spacing: Sequence[float]) -> str:

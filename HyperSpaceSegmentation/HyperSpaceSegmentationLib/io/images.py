@@ -73,18 +73,52 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         with _itk_warnings_off():
             return sitk.ReadImage(str(path))
     except RuntimeError as error:
+        if extension(path) == ".png" and _png_colour_type(path) == 4:
+            return _read_grey_alpha_png(path)
         if "spacing" in str(error).lower():
             raise UserError(f"{path} has an invalid voxel spacing in its header ({_first_line(error)}): "
                             "fix the spacing in the header") from None
         raise UserError(f"{path} could not be read as an image ({_first_line(error)}): check that it is not damaged") from None
 
 
+def _png_colour_type(path: Path) -> int | None:
+    """The colour type of a PNG file's header (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA), or ``None``."""
+    with open(path, "rb") as stream:
+        start = stream.read(26)
+    return start[25] if len(start) == 26 and start[:8] == b"\x89PNG\r\n\x1a\n" and start[12:16] == b"IHDR" else None
+
+
+def _read_grey_alpha_png(path: Path) -> sitk.Image:
+    """A grey + alpha PNG (as GIMP writes a grey picture with transparency), which ITK cannot read, as a picture
+    of two components, grey then alpha (``picture_as_grey`` keeps the grey); read with Pillow (a dependency of
+    scikit-image's imageio). Only 8-bit ones: a 16-bit one is a one-line error."""
+    from PIL import Image
+
+    with open(path, "rb") as stream:
+        depth = stream.read(25)[24]
+    if depth != 8:
+        raise UserError(f"{path} is a {depth}-bit grey picture with transparency (alpha), which cannot be read: save it "
+                        "without the alpha channel (grey only)")
+    try:
+        with Image.open(path) as picture:
+            voxels = np.asarray(picture.convert("LA"), dtype=np.uint8)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} could not be read as an image ({_first_line(error)}): check that it is not damaged") from None
+    return sitk.GetImageFromArray(voxels, isVector=True)
+
+
 def picture_as_grey(image: sitk.Image, path: str | os.PathLike) -> tuple[sitk.Image, str | None]:
-    """A colour picture (RGB or RGBA; PNG, JPEG, TIFF or BMP) as one grey channel, its luminance (alpha ignored),
-    with a note that says so; any other image as it is, with no note."""
+    """A colour picture (RGB or RGBA; PNG, JPEG, TIFF or BMP) as one grey channel, its luminance, or a grey picture
+    with transparency (grey + alpha PNG) as its grey channel, with a note that says so; the alpha channel (how
+    opaque a pixel is drawn) is ignored: a transparent pixel is segmented by its grey value or colour like any
+    other. Any other image as it is, with no note."""
     components = image.GetNumberOfComponentsPerPixel()
-    if extension(path) not in PICTURE_EXTENSIONS or components not in (3, 4):
+    if extension(path) not in PICTURE_EXTENSIONS or components not in (2, 3, 4):
         return image, None
+    if components == 2:
+        grey = sitk.VectorIndexSelectionCast(image, 0)
+        return grey, (f"{Path(path).name} is a grey picture with transparency (alpha): segmenting its grey values; "
+                      "the transparency is ignored")
     colours = sitk.GetArrayViewFromImage(image)[..., :3].astype(np.float32)
     grey = sitk.GetImageFromArray(colours @ np.array(LUMINANCE, np.float32))
     grey.CopyInformation(image)
@@ -223,6 +257,21 @@ def check_image(image: sitk.Image, name: str) -> None:
     finite_values = values[finite]
     if finite_values.min() == finite_values.max():
         raise UserError(f"{name} is constant (every voxel is {finite_values.flat[0]}): there is nothing to segment")
+
+
+def direction_note(image: sitk.Image, name: str) -> str | None:
+    """A note for an image whose direction matrix is sheared (its axes not at right angles), or ``None``: its
+    voxels are then parallelepipeds, not boxes, and distances and volumes in mm are approximate."""
+    dim = image.GetDimension()
+    axes = np.reshape(image.GetDirection(), (dim, dim))
+    axes = axes / np.linalg.norm(axes, axis=0)
+    cosines = np.abs(axes.T @ axes - np.eye(dim))
+    if cosines.max() <= 1e-3:  # about 0.06 degrees: header rounding noise
+        return None
+    angle = math.degrees(math.asin(min(float(cosines.max()), 1.0)))
+    return (f"{name} has a sheared grid (its direction matrix is not orthogonal: axes {angle:.2g} degrees off a right "
+            "angle): it is segmented on its own grid, but distances and volumes in mm are approximate; resample it "
+            "onto an orthogonal grid for exact ones")
 
 
 def nonfinite_note(image: sitk.Image) -> str | None:
@@ -430,11 +479,15 @@ def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str]
     dtype = np.uint8 if max(values, default=0) <= np.iinfo(np.uint8).max else np.uint16
     layer = np.where(np.isin(voxels, values), voxels, 0).astype(dtype)
     boxes = scipy.ndimage.find_objects(layer)  # every segment's bounding box, in one pass
-    segments = []
+    segments, utf8 = [], {}
     for index, value in enumerate(values):
         color = colors.get(value, SEGMENT_PALETTE[index % len(SEGMENT_PALETTE)])
         box = boxes[value - 1] if value <= len(boxes) else None
-        segments.append({"id": f"Segment_{value}", "name": names[value], "labelValue": int(value), "layer": 0,
+        name = str(names[value])
+        if not name.isascii():  # slicerio's NRRD writer takes ASCII only: a placeholder, replaced below
+            utf8[f"HyperSpaceName{index}Placeholder"] = name
+            name = f"HyperSpaceName{index}Placeholder"
+        segments.append({"id": f"Segment_{value}", "name": name, "labelValue": int(value), "layer": 0,
                          "extent": _extent(box), "color": [float(c) for c in color]})
     slicerio.write_segmentation(str(path), {
         "voxels": layer, "ijkToLPS": ijk_to_lps(labels), "segments": segments,
@@ -444,6 +497,19 @@ def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str]
         "conversionParameters": [{"name": "Reference image geometry", "value": _reference_geometry(labels),
                                   "description": "Image geometry of the segmented scan (IJK to RAS matrix; extent)&"}],
     })
+    if utf8:
+        _utf8_names(path, utf8)
+
+
+def _utf8_names(path: Path, names: Mapping[str, str]) -> None:
+    """Replace each placeholder in the header of the NRRD file ``path`` by its segment name in UTF-8, as Slicer
+    writes names that are not plain ASCII (the header ends at the first empty line; the voxels follow it)."""
+    data = path.read_bytes()
+    end = data.index(b"\n\n")
+    header = data[:end]
+    for placeholder, name in names.items():
+        header = header.replace(f":={placeholder}\n".encode("ascii"), f":={name}\n".encode("utf-8"))
+    path.write_bytes(header + data[end:])
 
 
 def _reference_geometry(image: sitk.Image) -> str:

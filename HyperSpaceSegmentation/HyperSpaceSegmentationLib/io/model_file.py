@@ -119,7 +119,7 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
             fixed_spacing=tuple(float(s) for s in payload["fixed_spacing"]) if payload["fixed_spacing"] else None,
             colors={int(k): tuple(v) for k, v in payload.get("colors", {}).items()},
         )
-        problem = metadata_problem(unet_config, hyper, **metadata)
+        problem = network_problem(unet_config, hyper) or metadata_problem(unet_config, hyper, **metadata)
         if problem:
             raise UserError(f"model file {path} has invalid metadata ({problem}): retrain the model or use an intact file")
         network = build_network(payload["method"], unet_config, hyper)
@@ -130,10 +130,39 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
             raise UserError(f"model file {path} is corrupt: {len(broken)} weight tensors ({broken[0]}, ...) hold NaN or "
                             "infinite values; use an intact model file, or retrain from an earlier checkpoint")
         model.trainable().load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError) as error:
         raise UserError(f"model file {path} is incomplete or inconsistent ({_short(error)}): use an intact model file") from None
     network.eval()
     return model
+
+
+MAX_FEATURES = 4096  # channels per level: far beyond any trained model, short of one that exhausts the memory
+
+
+def _counts(value: object) -> bool:
+    """Whether ``value`` is a count: a positive whole number (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def network_problem(unet_config: UNetConfig, hyper_config: HyperConfig | None) -> str | None:
+    """What is wrong with a model's U-Net or hypernetwork shape (empty or zero feature counts, no classes, ...),
+    or ``None``: a network of that shape cannot be built."""
+    features = unet_config.features
+    if not features or not all(_counts(f) and f <= MAX_FEATURES for f in features):
+        return f"U-Net features {list(features)} are not one or more counts in 1-{MAX_FEATURES}, one per level"
+    for what, value, low in (("input channels", unet_config.in_channels, 1), ("classes", unet_config.num_classes, 2),
+                             ("convolutions per level", unet_config.convs_per_level, 1)):
+        if not _counts(value) or value < low:
+            return f"U-Net {what} {value!r} is not a whole number of {low} or more"
+    if hyper_config is not None:
+        for what, value, low in (("hidden width", hyper_config.hidden, 1), ("hidden layers", hyper_config.hidden_layers, 0),
+                                 ("rank", hyper_config.rank, 1)):
+            if not (_counts(value) or value == 0 and not isinstance(value, bool)) or value < low:
+                return f"hypernetwork {what} {value!r} is not a whole number of {low} or more"
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   for v in (hyper_config.spacing_min, hyper_config.spacing_max)):
+            return f"hypernetwork spacing range {hyper_config.spacing_min!r}-{hyper_config.spacing_max!r} is not numbers"
+    return None
 
 
 def metadata_problem(

@@ -69,9 +69,16 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     if not path.is_file():
         raise UserError(f"dataset file {path} does not exist: give the path of the dataset JSON")
     try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        spec = json.loads(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every system, with or without a BOM
+    except UnicodeDecodeError:
+        raise UserError(f"dataset file {path} is not UTF-8 text: save it as a UTF-8 JSON file") from None
+    except json.JSONDecodeError as error:
         raise UserError(f"dataset file {path} is not valid JSON ({error}): fix its syntax") from None
+    if not isinstance(spec, dict):
+        kind = {list: "list", str: "string", bool: "true or false", type(None): "null"}.get(type(spec), "number")
+        raise UserError(f"dataset file {path} holds a JSON {kind}, not an "
+                        "object: the dataset is one object with 'modality', 'labels' and 'training' (a list of cases "
+                        "goes in 'training'); see the README for the format")
     for key in ("modality", "labels", "training"):
         if key not in spec:
             raise UserError(f"dataset file {path} has no {key!r} entry: see the README for the format")
@@ -145,6 +152,18 @@ def _colors(entries: object, labels: dict[int, str], json_path: Path) -> dict[in
     return colors
 
 
+def case_id_problem(identifier: str) -> str | None:
+    """Why ``identifier`` cannot name a case (None if it can): a case id may name files and folders of its case,
+    so it is not blank, '.' or '..', does not start with '.' (a hidden file) and holds no path separator or
+    control character."""
+    if not identifier.strip():
+        return "which is blank: give every case a name, such as 'case-001'"
+    if identifier.startswith(".") or any(c in identifier for c in "/\\") or not identifier.isprintable():
+        return ("which cannot name a case's files: use letters, digits, '-' and '_' (no '/' or '\\', not starting "
+                "with '.'), such as 'case-001'")
+    return None
+
+
 def _cases(entries: list, json_path: Path, section: str) -> list[Case]:
     if not isinstance(entries, list) or (section == "training" and not entries):
         raise UserError(f"dataset file {json_path}: {section!r} must be a non-empty list of cases")
@@ -153,8 +172,11 @@ def _cases(entries: list, json_path: Path, section: str) -> list[Case]:
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise UserError(f"dataset file {json_path}: {section} case {index} needs 'image' and 'label' paths")
         generation = entry.get("generation")
+        identifier = str(entry.get("id", f"{section}-{index}"))
+        if problem := case_id_problem(identifier):
+            raise UserError(f"dataset file {json_path}: {section} case {index} has the id {identifier!r}, {problem}")
         case = Case(
-            id=str(entry.get("id", f"{section}-{index}")),
+            id=identifier,
             image=(json_path.parent / entry["image"]).resolve(),
             label=(json_path.parent / entry["label"]).resolve(),
             generation=None if generation is None else (json_path.parent / str(generation)).resolve(),

@@ -122,8 +122,19 @@ def resumed_config(output: str | os.PathLike, options: dict) -> TrainConfig:
 
     ``train(..., resume=True)`` then refuses any option that conflicts with the checkpoint.
     """
-    saved = _load_checkpoint(Path(output) / "checkpoint.pt")["config"]
-    return TrainConfig(**{**saved, **options, "output": str(output)})
+    path = Path(output) / "checkpoint.pt"
+    saved = _load_checkpoint(path)["config"]
+    return _config_of(path, {**saved, **options, "output": str(output)})
+
+
+def _config_of(path: Path, values: dict) -> TrainConfig:
+    """The ``TrainConfig`` of the settings ``values`` saved in the checkpoint ``path``; a one-line ``UserError`` for
+    settings this version does not know (a checkpoint of another version or program)."""
+    try:
+        return TrainConfig(**values)
+    except TypeError as error:
+        raise UserError(f"--resume: {path} holds settings this version does not know ({_first_line(error)}): resume "
+                        "it with the version that wrote it, or train again without --resume") from None
 
 
 def _check_resume(config: TrainConfig, saved: TrainConfig, step: int) -> None:
@@ -199,7 +210,7 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
         raise UserError(f"{model_path} exists: pass --overwrite to train again or --resume to continue")
     checkpoint = _load_checkpoint(checkpoint_path) if resume else None
     if checkpoint:
-        _check_resume(config, TrainConfig(**checkpoint["config"]), checkpoint["step"])
+        _check_resume(config, _config_of(checkpoint_path, checkpoint["config"]), checkpoint["step"])
     device = resolve_device(config.device, local_rank)
     dataset = load_dataset(config.dataset)
     label_values = sorted(dataset.labels)
@@ -241,8 +252,13 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
     optimizer = torch.optim.Adam(trainable.parameters(), lr=config.learning_rate)
     step, history, validation_history = 0, [], []
     if checkpoint:
-        trainable.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            trainable.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as error:
+            raise UserError(f"--resume: the weights in {checkpoint_path} do not fit this run's network "
+                            f"({_first_line(error)}): it is damaged or from another run; train again without "
+                            "--resume") from None
         step, history = checkpoint["step"], checkpoint["history"]
         validation_history = checkpoint.get("validation", [])
         if rank == 0:
@@ -390,10 +406,39 @@ def _describe(config: TrainConfig) -> str:
             f"seed {config.seed}, iterations {config.iterations}")
 
 
+CHECKPOINT_KEYS = {"config": dict, "model": dict, "optimizer": dict, "step": int, "history": list}
+
+
 def _load_checkpoint(path: Path) -> dict:
+    """A checkpoint of ``_save_checkpoint``, loaded with ``weights_only=True`` (tensors, dicts, lists, numbers and
+    strings; no code from the file runs); a one-line ``UserError`` for a missing, damaged, truncated or foreign one."""
+    if path.is_dir():
+        raise UserError(f"--resume: {path} is a folder, not a checkpoint: remove it, or train without --resume")
     if not path.exists():
         raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged, truncated or foreign files
+        if "weights only load failed" in str(error).lower():
+            detail = "it holds objects other than tensors, numbers and text, which are not loaded: they could run code"
+        else:
+            detail = f"{type(error).__name__}: {_first_line(error)[:120]}"
+        raise UserError(f"--resume: {path} is damaged, truncated or not a checkpoint of 'hyperspace train' "
+                        f"({detail}): train again without --resume, or put an intact checkpoint.pt in its place") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"--resume: {path} is not a checkpoint of 'hyperspace train' (it holds a "
+                        f"{type(checkpoint).__name__}): train again without --resume")
+    wrong = [key for key, kind in CHECKPOINT_KEYS.items() if not isinstance(checkpoint.get(key), kind)
+             or kind is int and (isinstance(checkpoint[key], bool) or checkpoint[key] < 0)]
+    if wrong:
+        raise UserError(f"--resume: {path} is not a checkpoint of 'hyperspace train' (no valid "
+                        f"{', '.join(wrong)}): train again without --resume")
+    return checkpoint
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def _json_config(config: TrainConfig) -> dict:
@@ -416,5 +461,5 @@ def _seed(seed: int) -> None:
 
 def loss_history(output: str | os.PathLike) -> list[float]:
     """The per-step losses recorded in a run's checkpoint."""
-    return torch.load(Path(output) / "checkpoint.pt", map_location="cpu", weights_only=False)["history"]
+    return _load_checkpoint(Path(output) / "checkpoint.pt")["history"]
 
