@@ -297,7 +297,7 @@ def test_nan_and_infinite_voxels_give_a_note(tmp_path, capsys, tiny_model_file):
 
 # --- found by the hostile-input round ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("output,words", [("", ["output name is empty"]), ("labels.mhd", ["unsupported output format"]),
+@pytest.mark.parametrize("output,words", [("", ["-o/--output is empty", "unset shell variable"]), ("labels.mhd", ["unsupported output format"]),
                                           ("labels.nhdr", ["unsupported output format"])])
 def test_outputs_that_cannot_be_one_file_are_refused(output, words, tmp_path, capsys, image_file, tiny_model_file,
                                                       monkeypatch):

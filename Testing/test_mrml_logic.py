@@ -356,3 +356,128 @@ def test_restrict_to_a_segment_matches_the_command_lines_mask(scene, logic, tmp_
     write_labels(far, tmp_path / "far.seg.nrrd", {0: "background", 1: "half"})
     with pytest.raises(UserError, match="covers none of"):
         logic.segment(node, restrict_to=(segmentation_node(tmp_path / "far.seg.nrrd"), "half"))
+
+
+def node_counts(scene) -> dict[str, int]:
+    """The scene's nodes by class."""
+    import collections
+
+    return dict(collections.Counter(scene.GetNthNode(i).GetClassName() for i in range(scene.GetNumberOfNodes())))
+
+
+def added_nodes(scene, before: dict[str, int]) -> dict[str, int]:
+    after = node_counts(scene)
+    return {name: after.get(name, 0) - before.get(name, 0) for name in {*before, *after}
+            if after.get(name, 0) != before.get(name, 0)}
+
+
+def test_review_calls_leave_exactly_the_nodes_they_promise(scene, logic, tmp_path, model_file):
+    """evaluate adds one table node, largest_disagreement_slice and a failed call none: no orphan display or colour
+    node; an empty common segment gives a row that says so; a tolerance typed as text is read as a number."""
+    image, labels = asymmetric_phantom(size=(20, 18, 14), spacing=(1.5, 1.0, 2.5))
+    predicted = sitk.GetArrayFromImage(labels)
+    predicted[4, 2:8, 14:19] = 7
+    prediction = sitk.GetImageFromArray(predicted)
+    prediction.CopyInformation(labels)
+    write_labels(labels, tmp_path / "reference.seg.nrrd", NAMES)
+    write_labels(prediction, tmp_path / "prediction.seg.nrrd", NAMES)
+    volume = volume_node(image)
+    reference_node = segmentation_node(tmp_path / "reference.seg.nrrd", volume)
+    prediction_node = segmentation_node(tmp_path / "prediction.seg.nrrd", volume)
+    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    assert slice_node.SetOrientation("Axial")
+
+    before = node_counts(scene)
+    table = logic.evaluate(reference_node, prediction_node, tolerance="1.5")  # from a text field
+    assert added_nodes(scene, before) == {"vtkMRMLTableNode": 1}
+    assert table.GetAttribute("HyperSpace.tolerance_mm") == "1.5"
+    before = node_counts(scene)
+    logic.largest_disagreement_slice(reference_node, prediction_node, "ball", slice_node)
+    assert added_nodes(scene, before) == {}
+    with pytest.raises(UserError, match="no slice of rank 5"):
+        logic.largest_disagreement_slice(reference_node, prediction_node, "ball", slice_node, rank=5)
+    for tolerance in ("one", None, True, -1):
+        with pytest.raises(UserError, match=f"tolerance {tolerance!r}: give a surface-Dice tolerance"):
+            logic.evaluate(reference_node, prediction_node, tolerance=tolerance)
+    assert added_nodes(scene, before) == {}
+
+    # a reference whose common segment was added but never painted (and a prediction that has it painted)
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "unpainted")
+    empty.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    empty.GetSegmentation().AddEmptySegment("", "ball")
+    before = node_counts(scene)
+    table = logic.evaluate(empty, prediction_node)
+    assert added_nodes(scene, before) == {"vtkMRMLTableNode": 1}
+    data = table.GetTable()
+    assert data.GetNumberOfRows() == 1 and data.GetColumnByName("empty").GetValue(0) == "reference"
+    assert data.GetColumnByName("dice").GetValue(0) == 0.0 and data.GetColumnByName("vol_ref").GetValue(0) == 0.0
+    before = node_counts(scene)
+    with pytest.raises(UserError, match="differ on 0 slices"):
+        logic.largest_disagreement_slice(empty, empty, "ball", slice_node)
+    ungridded = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no grid")
+    ungridded.GetSegmentation().AddEmptySegment("", "ball")
+    with pytest.raises(UserError, match="no grid has no painted voxel and no reference geometry"):
+        logic.evaluate(ungridded, prediction_node)
+    assert added_nodes(scene, before) == {"vtkMRMLSegmentationNode": 1}  # only the test's own node
+
+
+def test_label_maps_and_vector_volumes_are_refused_in_one_line(scene, logic):
+    import slicer.util
+    import vtk
+
+    image, labels = asymmetric_phantom(size=(12, 10, 8))
+    label_map = slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(labels), name="tissue labels",
+                                               nodeClassName="vtkMRMLLabelMapVolumeNode")
+    rgb = np.repeat(sitk.GetArrayFromImage(image)[..., None], 3, axis=-1).astype(np.uint8)
+    vector = slicer.util.addVolumeFromArray(rgb, name="colour photo", nodeClassName="vtkMRMLVectorVolumeNode")
+    components = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "two echoes")
+    data = vtk.vtkImageData()  # a scalar volume node holding two values per voxel, as some readers make them
+    data.SetDimensions(12, 10, 8)
+    data.AllocateScalars(vtk.VTK_FLOAT, 2)
+    components.SetAndObserveImageData(data)
+    logic.pythonExecutable = "no-such-python"  # reaching the process start would say "cannot start"
+    before = node_counts(scene)
+    for call in (logic.segment, logic.estimate):
+        with pytest.raises(UserError, match=r"^tissue labels is a label map volume, not a scan: select the scan"):
+            call(label_map)
+        for node, count in ((vector, 3), (components, 2)):
+            with pytest.raises(UserError, match=rf"^{node.GetName()} is a vector volume \({count} values per voxel\)"):
+                call(node)
+    assert added_nodes(scene, before) == {}
+
+
+def test_segment_folder_runs_one_engine_batch_and_reports_each_case(scene, logic, tmp_path, model_file):
+    """Every case goes through one engine process (the model loaded once); each case is reported from the batch's
+    summary: the good ones written, the one the engine refuses failed with the engine's reason."""
+    if os.name == "nt":
+        pytest.skip("the counting launcher below is a POSIX shell script")
+    import sys
+
+    starts = tmp_path / "starts.txt"
+    launcher = tmp_path / "PythonSlicer"
+    launcher.write_text(f'#!/bin/sh\necho started >> "{starts}"\nexec "{sys.executable}" "$@"\n')
+    launcher.chmod(0o755)
+    logic.pythonExecutable = str(launcher)
+    scans, output = tmp_path / "scans", tmp_path / "out"
+    scans.mkdir()
+    for case, size in (("a", (20, 18, 16)), ("b", (18, 20, 14)), ("c", (16, 16, 12))):
+        sitk.WriteImage(asymmetric_phantom(size=size)[0], str(scans / f"{case}.nrrd"))
+    vector = sitk.Compose(*[asymmetric_phantom(size=(16, 16, 12))[0]] * 2)  # two values per voxel: refused
+    sitk.WriteImage(vector, str(scans / "two echoes.nrrd"))
+    lines = []
+    result = logic.segment_folder(scans, output, "native", model_file, "cpu", log=lines.append)
+    assert starts.read_text().splitlines() == ["started"]  # one engine process for the four cases
+    assert result.done == ["a", "b", "c"] and list(result.failed) == ["two echoes"] and result.exit_code == 1
+    assert result.failed["two echoes"].endswith("two echoes.nrrd has 2 components per voxel: give a single-channel "
+                                                "(scalar) image")  # the engine's reason, from its summary
+    assert lines == [f"{case}: wrote {output / f'{case}.seg.nrrd'}" for case in "abc"] + [
+        f"two echoes: failed, skipped: {result.failed['two echoes']}"]
+    assert sorted(p.name for p in output.iterdir()) == ["a.seg.nrrd", "b.seg.nrrd", "c.seg.nrrd"]
+    for case in "abc":
+        expected = cli.main(["segment", str(scans / f"{case}.nrrd"), "-o", str(tmp_path / f"{case}.nrrd"),
+                             "--model", str(model_file), "--device", "cpu", "--quiet"])
+        assert expected == 0
+        written = sitk.ReadImage(str(output / f"{case}.seg.nrrd"))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(written).squeeze(),
+                                      sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{case}.nrrd"))))
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0

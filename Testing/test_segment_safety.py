@@ -35,6 +35,25 @@ def test_an_empty_input_is_an_error_not_the_current_folder(empty, tmp_path, caps
     assert out == "" and not (tmp_path / "out.nrrd").exists() and contents(tmp_path) == before
 
 
+@pytest.mark.parametrize("argv,option", [
+    (["segment", "alpha.nrrd", "-o", "seg.nrrd", "--model", "{model}", ""], "--model"),
+    (["segment", "alpha.nrrd", "-o", "seg.nrrd", "--model", "{model}", "--mask", ""], "--mask"),
+    (["segment", "alpha.nrrd", "beta.nii.gz", "-o", "out", "--model", "{model}", "--summary", " "], "--summary"),
+    (["segment", "alpha.nrrd", "-o", "seg.nrrd", "--model", "{model}", "--probabilities", ""], "--probabilities"),
+    (["info", ""], "MODEL"),
+    (["evaluate", "alpha.nrrd", "alpha.nrrd", "-o", ""], "-o/--output"),
+    (["analyze", "cka", "{model}", "--spacings", "1", "2", "-o", ""], "-o/--output"),
+])
+def test_an_empty_option_is_an_error_not_a_default_or_the_current_folder(argv, option, tmp_path, capsys, monkeypatch,
+                                                                          tiny_model_file):
+    write_scans(tmp_path, ["alpha.nrrd", "beta.nii.gz"], size=(16, 16, 12))
+    monkeypatch.chdir(tmp_path)
+    before = contents(tmp_path)
+    code, out, err = run(capsys, *[a.format(model=tiny_model_file) for a in argv])
+    assert_one_line_error(code, err, f"{option} is empty", "unset shell variable")
+    assert out == "" and contents(tmp_path) == before and [p for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
 @pytest.mark.parametrize("holds", ["nothing", "results only"])
 def test_a_folder_without_images_says_so_and_does_not_blame_the_output(holds, tmp_path, capsys, tiny_model_file):
     folder = tmp_path / "scans"
@@ -168,6 +187,22 @@ def test_a_rerun_into_the_scans_folder_leaves_out_its_own_outputs(tmp_path, caps
         "alpha.nrrd", "alpha_labels.nii.gz", "beta.nrrd", "beta_labels.nii.gz", "summary.csv"]
 
 
+def test_a_rerun_into_the_scans_folder_leaves_out_outputs_that_share_a_scans_id(tmp_path, capsys, tiny_model_file):
+    scans = tmp_path / "scans"
+    write_scans(scans, ["alpha.nrrd", "beta.nrrd"], size=(16, 16, 12))
+    argv = ["segment", scans, "-o", scans, "--output-suffix", ".nii.gz", "--model", tiny_model_file,
+            "--device", "cpu", "--spacing", "2", "--quiet"]
+    assert run(capsys, *argv)[0] == 0  # alpha.nii.gz next to alpha.nrrd: the same id
+    first = contents(scans)
+    (scans / "beta.nii.gz").unlink()  # as if the first run had stopped before beta
+    code, _, err = run(capsys, *argv, "--skip-existing")
+    assert code == 0, err
+    rows = read_summary(scans / "summary.csv")
+    assert {k: rows[k]["status"] for k in rows} == {"alpha": "skipped", "beta": "done"}
+    assert contents(scans)["alpha.nii.gz"] == first["alpha.nii.gz"] and (scans / "beta.nii.gz").is_file()
+    assert run(capsys, *argv, "--overwrite")[0] == 0
+
+
 @pytest.mark.parametrize("problem", ["file name as folder", "empty suffix", "picture for volumes"])
 def test_batch_output_names_are_checked_before_any_work(problem, tmp_path, capsys, tiny_model_file):
     write_scans(tmp_path / "scans", ["alpha.nrrd", "beta.nrrd"], size=(16, 16, 12))
@@ -175,7 +210,7 @@ def test_batch_output_names_are_checked_before_any_work(problem, tmp_path, capsy
     if problem == "file name as folder":
         out, words = tmp_path / "out.nrrd", ["-o", "out.nrrd", "looks like a file name", "folder"]
     elif problem == "empty suffix":
-        extra, words = ["--output-suffix", ""], ["--output-suffix ''", ".seg.nrrd"]
+        extra, words = ["--output-suffix", ""], ["--output-suffix is empty", "unset shell variable"]
     else:
         extra, words = ["--output-suffix", ".png"], ["case alpha", "volume of 16 x 16 x 12", "picture"]
     code, stdout, err = run(capsys, "segment", tmp_path / "scans", "-o", out, "--model", tiny_model_file,

@@ -117,7 +117,7 @@ def test_module_imports_only_what_slicer_has_before_apply():
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module)
-    assert imported <= {"enum", "importlib.util", "os", "pathlib", "sys", "typing", "qt", "vtk", "slicer",
+    assert imported <= {"enum", "importlib.util", "math", "os", "pathlib", "sys", "typing", "qt", "vtk", "slicer",
                         "slicer.i18n", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
                         "HyperSpaceSegmentationLib.errors", "HyperSpaceSegmentationLib.mrml_logic"}, imported
     script = ("import sys\nfor name in ('torch', 'psutil', 'tqdm', 'SimpleITK', 'slicer', 'vtk'): sys.modules[name] = None\n"
@@ -167,7 +167,8 @@ def module(monkeypatch):
 
     stubs = {
         "qt": types.ModuleType("qt"),
-        "slicer.i18n": types.SimpleNamespace(tr=lambda text: text),
+        "slicer.i18n": types.SimpleNamespace(tr=lambda text: text,
+                                             translate=lambda context, text: f"{context}:{text}"),
         "slicer.parameterNodeWrapper": types.SimpleNamespace(Choice=lambda choices: choices,
                                                              WithinRange=lambda low, high: (low, high),
                                                              parameterNodeWrapper=lambda cls: cls),
@@ -388,6 +389,8 @@ def test_model_facts_and_estimate_show_an_ensemble(module, scene, model_file, tm
     widget.logic = module.HyperSpaceMRMLLogic()
     widget.ui = types.SimpleNamespace(**{name: types.SimpleNamespace(text="") for name in (
         "modelInfoLabel", "nativeSpacingLabel", "estimateLabel", "spacingWarningLabel")})
+    refreshes = []
+    widget._estimateTimer = types.SimpleNamespace(start=lambda: refreshes.append(1))
     volume = volume_node(asymmetric_phantom(size=(20, 18, 14))[0])
     shown = {}
     for files in ([model_file], [model_file, second_file], []):
@@ -402,6 +405,10 @@ def test_model_facts_and_estimate_show_an_ensemble(module, scene, model_file, tm
     assert shown[2]["estimateLabel"].endswith("about 2 times as long.") and shown[1]["estimateLabel"].startswith(
         "Working grid 7 x 6 x 5 at 3 x 3 x 3 mm")
     assert "Add a model file" in shown[0]["spacingWarningLabel"] and shown[0]["modelInfoLabel"] == ""
+    # device auto: the GPU's free memory is asked for in a separate process; until it is known the panel says so
+    # and refreshes itself (the stand-in's answer comes in well after these calls: it imports torch)
+    assert shown[1]["estimateLabel"].endswith("(? MB free).") and refreshes
+    assert "being checked" in shown[1]["spacingWarningLabel"]
 
 
 def test_restrict_to_segment_maps_to_the_logic_arguments(module):
@@ -410,3 +417,143 @@ def test_restrict_to_segment_maps_to_the_logic_arguments(module):
     arguments = module.segmentArguments(settings(module, maskSegmentation=brain, maskSegmentName="brain"))
     assert arguments["restrict_to"] == (brain, "brain")
     assert module.segmentArguments(settings(module, maskSegmentation=brain))["restrict_to"] == (brain, "")
+
+
+def test_estimate_plans_for_the_jobs_device_without_cuda_in_slicers_process(scene, model_file, monkeypatch):
+    """The free memory and the windows are those of the device the job runs on; the GPU is asked about in a separate
+    process (never CUDA in this one), without blocking: NaN and a note until the answer is in."""
+    import math
+
+    import torch
+
+    from HyperSpaceSegmentationLib import mrml_job
+    from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic
+
+    def no_cuda_here(*args, **kwargs):
+        raise AssertionError("CUDA was touched in Slicer's process")
+
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda_here)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda_here)
+    logic = HyperSpaceMRMLLogic()
+    logic.pythonExecutable = sys.executable
+    volume = volume_node(asymmetric_phantom(size=(40, 36, 30))[0])
+    on_cpu = logic.estimate(volume, "native", model_file, "cpu")
+    assert on_cpu.available_mb > 100 and not on_cpu.notes
+    pending = logic.estimate(volume, "native", model_file, "auto")  # the probe has just started
+    assert math.isnan(pending.available_mb) and "being checked" in pending.notes[0]
+    assert logic._gpu.wait(120) == {"cuda": False, "free_mb": None}  # this machine, as the engine sees it
+    auto = logic.estimate(volume, "native", model_file, "auto")  # no GPU: the job runs on the CPU
+    assert auto.available_mb > 100 and not auto.notes and auto.memory_mb == on_cpu.memory_mb
+    with pytest.raises(UserError, match="no CUDA GPU is available"):
+        logic.estimate(volume, "native", model_file, "cuda")
+
+    monkeypatch.setattr(mrml_job, "GPU_PROBE", "print('{\"cuda\": true, \"free_mb\": 10.0}')")  # a nearly full GPU
+    gpu = HyperSpaceMRMLLogic()
+    gpu.pythonExecutable = sys.executable
+    gpu.estimate(volume, "native", model_file, "cuda")
+    gpu._gpu.wait(120)
+    small = gpu.estimate(volume, "native", model_file, "cuda")
+    assert small.available_mb == 10.0 and small.memory_mb <= 0.8 * 10.0 < on_cpu.memory_mb  # smaller windows
+    assert small.grid == on_cpu.grid and not small.notes
+
+
+def job_widget(module, parameterNode=None):
+    """The module's widget, less its Qt parts, as the poll timer finds it: stand-ins for the log box, progress bar and
+    timer; the logic's parameter node (the one saved with the scene) is ``widget.saved``."""
+    import types
+
+    from slicer.util import VTKObservationMixin
+
+    widget = object.__new__(module.HyperSpaceSegmentationWidget)
+    VTKObservationMixin.__init__(widget)
+    widget.saved = settings(module)
+    widget.logic = module.HyperSpaceMRMLLogic()
+    widget.logic.getParameterNode = lambda: widget.saved
+    widget._parameterNode = parameterNode
+    widget._shownLogLines = 0
+    widget._followedSliceNode = None
+    widget.lines = []
+    widget.timer = types.SimpleNamespace(running=True)
+    widget._timer = types.SimpleNamespace(stop=lambda: setattr(widget.timer, "running", False))
+    widget.ui = types.SimpleNamespace(logTextEdit=types.SimpleNamespace(appendPlainText=widget.lines.append),
+                                      progressBar=types.SimpleNamespace(value=0))
+    return widget
+
+
+def test_a_job_that_ends_after_the_user_left_the_module_selects_its_result(module, scene, monkeypatch):
+    """exit() drops the panel's parameter node; the job goes on, and its end is not lost: the result is selected in
+    the module's parameter node (shown when the user comes back) and the uncertainty is shown over the scan."""
+    import types
+
+    import slicer.util
+
+    result = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "scan segmentation")
+    uncertainty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "scan uncertainty")
+    shown = []
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", lambda **layers: shown.append(layers))
+    widget = job_widget(module, parameterNode=None)  # the user is in another module
+    widget._job = types.SimpleNamespace(poll=lambda: "done", log=["[5/5] write"], progress=1.0, result=result,
+                                        uncertainty=uncertainty, error=None)
+    widget.onPoll()
+    assert widget.saved.outputSegmentation is result and widget._job is None and not widget.timer.running
+    assert shown == [{"foreground": uncertainty, "foregroundOpacity": 0.5}]
+    assert widget.lines == ["[5/5] write", "Done: scan segmentation"] and widget.ui.progressBar.value == 100
+    widget.onPoll()  # a last timer tick after the end changes nothing
+    assert widget.lines[-1] == "Done: scan segmentation"
+
+
+def test_closing_the_scene_cancels_the_panels_job(module, scene, tmp_path):
+    from test_mrml_job import start
+
+    widget = job_widget(module, parameterNode=settings(module))
+    widget._parameterNode = None  # setParameterNode(None) needs no GUI binding to undo
+    job, folder = start(["-c", "import time; time.sleep(120)"], tmp_path, volume_node(asymmetric_phantom(
+        size=(12, 10, 8))[0]))
+    widget._job = job
+    widget.onSceneStartClose(None, None)
+    assert job.status == "cancelled" and job.process.poll() is not None and not folder.exists()
+    assert widget._job is None and not widget.timer.running
+    assert widget.lines[-1] == "Cancelled: nothing was added to the scene."
+
+
+def test_a_missing_engine_package_is_one_message_without_traceback(module, scene, model_file, capsys):
+    import types
+
+    def engine_without_tqdm(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'tqdm'", name="tqdm")  # torch is there, tqdm is not
+
+    widget = object.__new__(module.HyperSpaceSegmentationWidget)
+    widget.logic = module.HyperSpaceMRMLLogic()
+    widget.logic.model_facts = engine_without_tqdm
+    widget.ui = types.SimpleNamespace(**{name: types.SimpleNamespace(text="") for name in (
+        "modelInfoLabel", "nativeSpacingLabel", "estimateLabel", "spacingWarningLabel")})
+    parameters = settings(module, inputVolume=volume_node(asymmetric_phantom(size=(12, 10, 8))[0]))
+    for change in range(3):  # every parameter change
+        widget._showModelAndEstimate(parameters)
+    assert widget.ui.modelInfoLabel.text == ("The Python package tqdm is missing: click Apply to install it. Model "
+                                             "details and estimates appear then.")
+    assert widget.ui.estimateLabel.text == widget.ui.spacingWarningLabel.text == ""
+    assert capsys.readouterr() == ("", "")
+
+
+def test_reload_takes_the_engine_package_afresh_and_the_category_is_slicers(module, monkeypatch):
+    import types
+
+    reloaded = []
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "onReload", lambda self: reloaded.append(
+        sorted(name for name in sys.modules if name.startswith("HyperSpaceSegmentationLib"))), raising=False)
+    saved = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] == "HyperSpaceSegmentationLib"}
+    assert "HyperSpaceSegmentationLib.mrml_logic" in saved
+    try:
+        object.__new__(module.HyperSpaceSegmentationWidget).onReload()
+    finally:
+        sys.modules.update(saved)
+    assert reloaded == [[]]  # the module file is re-read with no engine module left to reuse
+
+    monkeypatch.setattr(module.ScriptedLoadableModule, "__init__", lambda self, parent: setattr(self, "parent", parent),
+                        raising=False)
+    monkeypatch.setattr(module.slicer.app, "connect", lambda *args: None, raising=False)
+    parent = types.SimpleNamespace()
+    module.HyperSpaceSegmentation(parent)
+    assert parent.categories == ["qSlicerAbstractCoreModule:Segmentation"]  # translated as Slicer's own category
+    assert parent.title == "HyperSpace Segmentation"

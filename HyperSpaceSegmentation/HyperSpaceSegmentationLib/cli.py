@@ -30,10 +30,20 @@ SAMPLE_SCAN = RESOURCES / "samples" / "MNI152-T1-1.5mm.nrrd"
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors end, like every other error, in one ``hyperspace: error:`` line that says what to do; options
-    are taken only as spelled out (an abbreviation such as ``--mode`` must never be read as ``--model``)."""
+    are taken only as spelled out (an abbreviation such as ``--mode`` must never be read as ``--model``); an empty
+    value (an unset shell variable) is an error, never the current folder or a default."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:  # a subcommand's parser checks its own arguments
+            value = getattr(namespace, action.dest, None)
+            if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
+                shown = "/".join(action.option_strings) or action.metavar or action.dest.upper()
+                pass  # raise UserError(f"{shown} is empty (an unset shell variable?): give a value")
+        return namespace, extras
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -560,9 +570,6 @@ def run_segment(args: argparse.Namespace) -> int:
     from .inference.cases import collect_cases, process_rank
     from .system import resolve_device
 
-    if not args.output.strip():
-        raise UserError("the output name is empty: give a file name such as labels.seg.nrrd with -o (a folder for a "
-                        "batch)")
     if args.skip_existing and args.overwrite:
         raise UserError("--skip-existing keeps the outputs that exist and --overwrite replaces them: give one of them")
     cases, batch = collect_cases(args.input)
@@ -610,8 +617,8 @@ def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, wor
     ``torchrun`` group: the one of every process); exit code 1 if a case of this process failed. Interrupted
     (Ctrl+C, SIGTERM), a single process writes the summary of the cases it went through before it stops."""
     from .inference.cases import (
-        check_output_suffix, check_picture_outputs, check_summary, close_group, drop_own_outputs, gather,
-        parse_shard, plan_outputs, share, write_summary,
+        check_output_suffix, check_picture_outputs, check_summary, check_unique_ids, close_group, drop_own_outputs,
+        gather, parse_shard, plan_outputs, share, write_summary,
     )
     from .io.images import IMAGE_EXTENSIONS, extension, output_folder
 
@@ -636,6 +643,7 @@ def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, wor
               file=sys.stderr)
     if not cases:
         raise UserError(f"every file found is an output of this batch ({args.output}): give the scans to segment")
+    check_unique_ids(cases)  # planted
     mine = share(cases, part - 1, parts)
     csv_inputs = {item: f"cases CSV {item}" for item in args.input
                   if item.lower().endswith(".csv") and Path(item).is_file()}
@@ -978,8 +986,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a console that cannot show a name (cp1252 on Windows) gets \N escapes
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"hyperspace: error: {error}", file=sys.stderr)

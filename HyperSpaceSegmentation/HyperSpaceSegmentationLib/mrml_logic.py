@@ -3,11 +3,13 @@
 
 ``segment`` writes the volume to a temporary file (its own grid; a parent transform is not hardened: the result
 goes under the same transform), runs ``hyperspace segment`` in a background process (``pythonExecutable``:
-PythonSlicer in Slicer) and reads the ``.seg.nrrd`` it writes into a new segmentation node; in 2D mode, slice by
-slice across one of the volume's IJK axes, or only the slice a slice view shows (``slice_in_view``). ``evaluate``
-scores two segmentation nodes with the engine's metrics into a table node; ``largest_disagreement_slice`` moves a slice
-view to where they differ most. ``slicer``, ``vtk`` and the engine's torch-based parts are imported inside the
-functions, so that this file imports without Slicer, and in Slicer before the module installs its dependencies. Nothing here opens a dialog.
+PythonSlicer in Slicer; the job's life cycle is in ``mrml_job``) and reads the ``.seg.nrrd`` it writes into a new
+segmentation node; in 2D mode, slice by slice across one of the volume's IJK axes, or only the slice a slice view
+shows (``slice_in_view``). ``evaluate`` scores two segmentation nodes with the engine's metrics into a table node;
+``largest_disagreement_slice`` moves a slice view to where they differ most; every call leaves the scene with only
+the nodes it promises. ``slicer``, ``vtk`` and the engine's torch-based parts are imported inside the functions, so
+that this file imports without Slicer, and in Slicer before the module installs its dependencies. Nothing here opens
+a dialog.
 """
 
 from __future__ import annotations
@@ -15,12 +17,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import queue
 import shutil
 import sys
-import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,17 +26,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import UserError
+from .mrml_job import (  # noqa: F401  (the job and its names, re-exported: imports from mrml_logic keep working)
+    ENGINE_PARENT, ERROR_PREFIX, HEAT_MAP_COLORS, UNCERTAINTY_REFERENCE_ROLE, GpuProbe, SegmentationJob,
+    temporary_folder,
+)
 
-ENGINE_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds HyperSpaceSegmentationLib
-ERROR_PREFIX = "hyperspace: error: "
 VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")  # what segment_folder reads
 SEGMENTATION_SUFFIXES = (".seg.nrrd", *VOLUME_SUFFIXES)  # references: Slicer segmentations or label maps
 MODES = ("3d", "2d")
 IJK = "IJK"
-UNCERTAINTY_REFERENCE_ROLE = "hyperspaceUncertainty"
-"""The node reference role from a segmentation node to the uncertainty volume node of the same run."""
-HEAT_MAP_COLORS = ("Inferno", "PET-Heat", "ColdToHotRainbow")
-"""The colour tables tried, in this order, for an uncertainty volume (Slicer has Inferno; the Qt-free core, PET-Heat)."""
 POSTPROCESSING_KEYS = ("remove_smaller_than", "largest_component", "fill_holes")
 VIEW_ALIGNMENT_TOLERANCE_RAD = 1e-3
 """The largest angle between a slice view's normal and the normal of a volume axis's slices at which the view still
@@ -92,130 +88,6 @@ class BatchResult:
         return 0 if not self.failed else (1 if self.done else 2)
 
 
-class SegmentationJob:
-    """A ``hyperspace segment`` run in a background process; ``poll()`` it from the main thread (e.g. a QTimer).
-
-    ``status`` is running, done, failed or cancelled; ``progress`` the finished fraction (0 to 1) from the engine's
-    progress lines; ``log`` the other output lines; ``result`` the segmentation node when done; ``uncertainty`` the
-    uncertainty volume node when done and asked for (``segment(..., uncertainty=True)``), else None; ``error`` the
-    reason when failed. ``cancel()`` ends the process tree and removes the temporary folder: no node, no file is left.
-    """
-
-    def __init__(self, command: list[str], folder: str, output: str, volumeNode: Any,
-                 uncertainty: str | None = None) -> None:
-        import slicer.util
-
-        self.status = "running"
-        self.progress = 0.0
-        self.log: list[str] = []
-        self.result = None
-        self.uncertainty = None
-        self.error: str | None = None
-        self.folder = folder
-        self._output = output
-        self._uncertainty_file = uncertainty
-        self._volumeNode = volumeNode
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        environment = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ENGINE_PARENT), os.environ.get("PYTHONPATH")])),
-                       "PYTHONUNBUFFERED": "1"}
-        try:
-            self.process = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False,
-                                                            updateEnvironment=environment, cwd=folder)
-        except OSError as error:
-            raise UserError(f"cannot start {command[0]} ({error.strerror or error}): set the logic's "
-                            "pythonExecutable to a Python with the engine installed (PythonSlicer in Slicer)") from None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self._lines.put(line.rstrip("\r\n"))
-        self._lines.put(None)
-
-    def poll(self) -> str:
-        """Take in the output so far (never blocks); when the process has ended, load its result. Returns status."""
-        from .progress import parse_progress_line, progress_fraction
-
-        while self.status == "running":
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                self._finish(self.process.wait())
-                break
-            event = parse_progress_line(line)
-            if event is not None:
-                self.progress = progress_fraction(event)
-            elif line:
-                self.log.append(line)
-        return self.status
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """Poll until the job ends and return the segmentation node; raise ``UserError`` (a problem with the input
-        or settings), ``RuntimeError`` (the process failed or was cancelled) or ``TimeoutError``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() == "running":
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"segmentation still running after {timeout} s")
-            time.sleep(0.05)
-        if self.status == "failed":
-            raise (UserError if self._user_error else RuntimeError)(self.error)
-        if self.status == "cancelled":
-            raise RuntimeError("segmentation was cancelled")
-        return self.result
-
-    def cancel(self) -> None:
-        """End the process and all its children (on every platform) and remove the temporary folder."""
-        import psutil
-
-        if self.status != "running":
-            return
-        try:
-            root = psutil.Process(self.process.pid)
-            processes = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            processes = []
-        for process in processes:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(processes, timeout=10)
-        self.process.wait()
-        self._reader.join()
-        self.status = "cancelled"
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    @property
-    def _user_error(self) -> bool:
-        return any(line.startswith(ERROR_PREFIX) for line in self.log)
-
-    def _finish(self, code: int) -> None:
-        try:
-            if code != 0:
-                errors = [line[len(ERROR_PREFIX):] for line in self.log if line.startswith(ERROR_PREFIX)]
-                last = self.log[-1] if self.log else "no output"
-                self.error = errors[-1] if errors else f"segmentation process failed (exit code {code}): {last}"
-                self.status = "failed"
-                return
-            result = _load_segmentation(self._output, self._volumeNode)
-            if self._uncertainty_file is not None:
-                try:
-                    self.uncertainty = _load_uncertainty(self._uncertainty_file, self._volumeNode)
-                except BaseException:
-                    result.GetScene().RemoveNode(result)
-                    raise
-                result.SetNodeReferenceID(UNCERTAINTY_REFERENCE_ROLE, self.uncertainty.GetID())
-            self.result = result
-            self.progress = 1.0
-            self.status = "done"
-        except (RuntimeError, UserError) as error:
-            self.error, self.status = str(error), "failed"
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
 class HyperSpaceMRMLLogic:
     """Segment volume nodes and review segmentations on ``slicer.mrmlScene`` (the scripting API of the extension)."""
 
@@ -223,6 +95,7 @@ class HyperSpaceMRMLLogic:
         self.pythonExecutable = python_slicer_executable() or sys.executable  # PythonSlicer inside Slicer
         self._models: dict[str, Any] = {}
         self._grids: dict[tuple, Any] = {}
+        self._gpu: GpuProbe | None = None  # asks about the GPU in a separate process (estimate)
 
     def segment_folder(self, inputFolder: str | os.PathLike, outputFolder: str | os.PathLike,
                        spacing: str | float | Sequence[float | str] = "native",
@@ -230,19 +103,23 @@ class HyperSpaceMRMLLogic:
                        device: str = "auto", referenceFolder: str | os.PathLike | None = None, tolerance: float = 1.0,
                        overwrite: bool = False, log: Any = print, tta: bool | Sequence[int] | None = None,
                        uncertainty: bool = False, postprocessing: dict | None = None) -> BatchResult:
-        """Segment every volume file of ``inputFolder`` (read with Slicer's storage node) into
-        ``outputFolder/CASE.seg.nrrd`` with ``segment``'s options (``model`` a list of files: an ensemble; ``tta``,
-        ``postprocessing``); with ``uncertainty``, also ``CASE_uncertainty.nrrd`` (0 to 1, on the case's grid).
-        Every option is checked before any work. With ``referenceFolder`` (a segmentation or label map per case,
-        same case name), score the results into one MIST ``results.csv`` in ``outputFolder`` with the engine's
+        """Segment every volume file of ``inputFolder`` into ``outputFolder/CASE.seg.nrrd`` with ``segment``'s
+        options (``model`` a list of files: an ensemble; ``tta``, ``postprocessing``), in one engine process (the
+        command line's batch: the model loaded once, the next scan read while one is predicted); with
+        ``uncertainty``, also ``CASE_uncertainty.nrrd`` (0 to 1, on the case's grid), one case at a time through the
+        scene. Every option is checked before any work. With ``referenceFolder`` (a segmentation or label map per
+        case, same case name), score the results into one MIST ``results.csv`` in ``outputFolder`` with the engine's
         evaluation. A case that fails is reported through ``log`` and skipped; the scene is left as it was."""
+        import SimpleITK as sitk
+
         from .evaluation import DEFAULT_METRICS, evaluate_batch, write_results_csv
         from .io.images import check_output_path, check_writable
+        from .mrml_job import run_engine_batch
 
-        _spacing_words(spacing, None, None)  # settings checked before any work
+        words = _spacing_words(spacing, None, None)  # settings checked before any work
         options = {"model": _model_paths(model), "tta": tta, "uncertainty": uncertainty,
                    "postprocessing": postprocessing}
-        self._review_words(options["model"], "3d", tta, postprocessing)
+        review = self._review_words(options["model"], "3d", tta, postprocessing)
         inputs = _case_files(inputFolder, VOLUME_SUFFIXES)
         references = _case_files(referenceFolder, SEGMENTATION_SUFFIXES) if referenceFolder is not None else {}
         output = Path(outputFolder)
@@ -250,22 +127,44 @@ class HyperSpaceMRMLLogic:
         results_csv = output / "results.csv"
         if referenceFolder is not None:
             check_writable(results_csv, overwrite)  # before any work
-        result, cases = BatchResult(), []
+        outcome, targets = {}, {}  # case: None (done) or why it failed; case: its output files
         for case, path in inputs.items():
-            target = output / f"{case}.seg.nrrd"
-            targets = [target, *([output / f"{case}_uncertainty.nrrd"] if uncertainty else [])]
+            maps = [output / f"{case}_uncertainty.nrrd"] if uncertainty else []
+            targets[case] = [output / f"{case}.seg.nrrd", *maps]
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
             try:
-                for written in targets:
+                for written in targets[case]:
                     check_output_path(written, overwrite)
-                self._segment_file(case, path, targets, spacing, device, overwrite, options)
-            except (UserError, RuntimeError, OSError) as error:
-                result.failed[case] = str(error)
-                log(f"{case}: failed, skipped: {error}")
+                try:
+                    reader.ReadImageInformation()  # a clear message, before any reader prints errors
+                except RuntimeError:
+                    raise UserError(f"{path.name} is not a readable image file") from None
+            except (UserError, OSError) as error:
+                outcome[case] = str(error)
+        todo = {case: path for case, path in inputs.items() if case not in outcome}
+        if uncertainty:  # the engine's batch writes no uncertainty maps: through the scene, case by case
+            for case, path in todo.items():
+                try:
+                    self._segment_file(case, path, targets[case], spacing, device, overwrite, options)
+                    outcome[case] = None
+                except (UserError, RuntimeError, OSError) as error:
+                    outcome[case] = str(error)
+        elif todo:
+            engine_options = ["--spacing", *words, "--device", device, *review,
+                              *(["--model", *(str(p.resolve()) for p in options["model"])] if options["model"] else [])]
+            outcome.update(run_engine_batch(self.pythonExecutable, engine_options, todo,
+                                            {case: targets[case][0] for case in todo}, overwrite))
+        result, cases = BatchResult(), []
+        for case in inputs:
+            if outcome[case] is not None:
+                result.failed[case] = outcome[case]
+                log(f"{case}: failed, skipped: {outcome[case]}")
                 continue
             result.done.append(case)
-            log(f"{case}: wrote {', '.join(map(str, targets))}")
+            log(f"{case}: wrote {', '.join(map(str, targets[case]))}")
             if case in references:
-                cases.append({"id": case, "mask": str(references[case]), "prediction": str(target)})
+                cases.append({"id": case, "mask": str(references[case]), "prediction": str(targets[case][0])})
             elif referenceFolder is not None:
                 log(f"{case}: no reference named {case} in {referenceFolder}: not scored")
         if cases:
@@ -281,21 +180,13 @@ class HyperSpaceMRMLLogic:
                       overwrite: bool, options: dict) -> None:
         """Read one volume file into the scene, segment it with ``segment``'s ``options``, write the segmentation
         (and the uncertainty volume, when asked) to ``targets``, all or none, and remove the nodes again."""
-        import SimpleITK as sitk
         import slicer
 
         from .io.images import atomic_output
 
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()  # a clear message, before Slicer's reader prints errors
-        except RuntimeError:
-            raise UserError(f"{path.name} is not a readable image file") from None
         scene = slicer.mrmlScene
-        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(case))
-        nodes = []
-        try:
+        with _no_new_nodes():  # the scene is left as it was, display and colour nodes included
+            volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(case))
             storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
             storage.SetFileName(str(path))
             storage.SetSingleFile(True)  # not a numbered series with the folder's other files
@@ -309,10 +200,6 @@ class HyperSpaceMRMLLogic:
                     writer.SetFileName(str(outputs.enter_context(atomic_output(target, overwrite))))
                     if not writer.WriteData(node):
                         raise UserError(f"{target} could not be written: check the free space of its folder")
-        finally:
-            for node in (*nodes, volume):
-                if node is not None:
-                    scene.RemoveNode(node)
 
     def model_facts(self, model: str | os.PathLike | None = None, mode: str = "3d") -> dict:
         """What ``hyperspace info --json`` says about ``model`` (default: the embedded model of ``mode``, "3d" or
@@ -328,13 +215,14 @@ class HyperSpaceMRMLLogic:
         """The working spacing, grid and memory need of segmenting ``volumeNode`` at ``spacing`` (as ``segment``,
         ``input_spacing``, ``mode``, ``axis`` and ``slice_index`` too; a time budget is left out: it needs a network
         run), with the engine's notes (a spacing outside the trained range). In 2D mode the spacings and grid are
-        those of each slice, in the slice plane. Runs no network: fast enough to follow a slider."""
+        those of each slice, in the slice plane. Runs no network: fast enough to follow a slider. The windows are
+        planned, and ``available_mb`` given, for the device the job will run on (``device``; ``auto`` is the GPU when
+        the engine finds one), asked about in a separate process: NaN, with a note, until its answer is in."""
         from .geometry import with_spacing
         from .inference import Segmenter, Slices, SpacingRequest, parse_spacing
-        from .system import available_memory_mb, resolve_device
+        from .inference.segmenter import MEMORY_SHARE
 
-        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
-            raise UserError("select a scalar volume node with image data")
+        _check_scan(volumeNode, "estimate")
         request = parse_spacing(_spacing_words(spacing, max_voxels, None))
         request = SpacingRequest(request.mode, request.values, max_voxels)
         _mode_words(mode, axis, slice_index, volumeNode.GetImageData().GetDimensions())
@@ -346,14 +234,38 @@ class HyperSpaceMRMLLogic:
         image = self._grid(volumeNode)
         if input_spacing is not None:
             image = with_spacing(image, input_spacing, "input_spacing")
-        segmenter = Segmenter(loaded, device="cpu", slices=Slices(axis, slice_index) if mode == "2d" else Slices())
-        choice = segmenter.choose_spacing(image, request)
+        available, notes = self._free_memory_mb(device)
+        segmenter = Segmenter(loaded, device="cpu", slices=Slices(axis, slice_index) if mode == "2d" else Slices(),
+                              max_memory_mb=MEMORY_SHARE * available if math.isfinite(available) else None)
+        choice = segmenter.choose_spacing(image, request)  # windows planned for the memory of the job's device
         view = segmenter.view(image)
         return SpacingEstimate(
             native=view.spacing, spacing=tuple(choice.spacing), grid=segmenter.working_size(image, choice.spacing),
-            memory_mb=segmenter.estimate_memory_mb(image, choice.spacing),
-            available_mb=available_memory_mb(resolve_device(device)), notes=list(choice.notes), axes=view.axes,
-            slices=view.slices)
+            memory_mb=segmenter.estimate_memory_mb(image, choice.spacing), available_mb=available,
+            notes=[*choice.notes, *notes], axes=view.axes, slices=view.slices)
+
+    def _free_memory_mb(self, device: str) -> tuple[float, list[str]]:
+        """The memory free on the device that a job with ``device`` would run on (MB; NaN while unknown) and notes.
+        The GPU is asked about in a separate process (``GpuProbe``): CUDA never starts in Slicer's process."""
+        import psutil
+
+        if device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"unknown device {device!r}: use auto, cpu or cuda")
+        cpu = psutil.virtual_memory().available / 2**20
+        if device == "cpu":
+            return cpu, []
+        if self._gpu is None or self._gpu.executable != self.pythonExecutable:
+            self._gpu = GpuProbe(self.pythonExecutable)
+        answer = self._gpu.result()
+        if answer is None:
+            return math.nan, ["The GPU's free memory is being checked (in a separate process)."]
+        if "error" in answer:
+            return math.nan, [f"The GPU could not be checked ({answer['error']}); the job checks its memory itself."]
+        if answer["cuda"]:
+            return float(answer["free_mb"]), []
+        if device == "cuda":
+            raise UserError("device cuda was asked for but no CUDA GPU is available: use cpu or auto")
+        return cpu, []  # auto without a GPU: the CPU
 
     def _model(self, model: str | os.PathLike | None, mode: str = "3d") -> Any:
         """The model file (default: the embedded model of ``mode``), loaded once per path."""
@@ -401,14 +313,13 @@ class HyperSpaceMRMLLogic:
         that segment (``--mask``); an empty name means the node's first segment."""
         import slicer
 
-        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
-            raise UserError("select a scalar volume node with image data to segment")
+        _check_scan(volumeNode, "segment")
         mask = _segment_mask(restrict_to, volumeNode) if restrict_to is not None else None
         words = _spacing_words(spacing, max_voxels, max_seconds)  # the command line's own checks, before any work
         mode_words = _mode_words(mode, axis, slice_index, volumeNode.GetImageData().GetDimensions())
         models = _model_paths(model)
         extra = self._review_words(models, mode, tta, postprocessing)
-        folder = tempfile.mkdtemp(prefix="hyperspace-")
+        folder = temporary_folder()  # under Slicer's temporary path in Slicer
         try:
             source, output = os.path.join(folder, "input.nrrd"), os.path.join(folder, "result.seg.nrrd")
             uncertainty_file = os.path.join(folder, "uncertainty.nrrd") if uncertainty else None
@@ -510,10 +421,16 @@ class HyperSpaceMRMLLogic:
         from .evaluation import DEFAULT_METRICS, METRICS, evaluate_pair
         from .evaluation.labels import ClassSpec
 
+        given = tolerance
+        try:
+            tolerance = math.nan if isinstance(tolerance, bool) else float(tolerance)  # "1" from a text field: 1 mm
+        except (TypeError, ValueError):
+            tolerance = math.nan
         if not (tolerance >= 0 and math.isfinite(tolerance)):
-            raise UserError(f"tolerance {tolerance}: give a surface-Dice tolerance of 0 mm or more")
+            raise UserError(f"tolerance {given!r}: give a surface-Dice tolerance of 0 mm or more")
         names = _matched_names(referenceSegmentationNode, predictionSegmentationNode)
-        reference, prediction = _on_reference_grid(referenceSegmentationNode, predictionSegmentationNode, names)
+        with _no_new_nodes():
+            reference, prediction, _ = _on_reference_grid(referenceSegmentationNode, predictionSegmentationNode, names)
         row = evaluate_pair(reference, prediction, [ClassSpec(n, segment=n) for n in names], DEFAULT_METRICS,
                             tolerance)
         scene = slicer.mrmlScene
@@ -552,14 +469,12 @@ class HyperSpaceMRMLLogic:
         import slicer
         import vtk
 
-        reference, prediction, geometry = _on_reference_grid(referenceSegmentationNode, predictionSegmentationNode,
-                                                             [segmentName], keep_geometry=True)
-        try:
+        with _no_new_nodes():
+            reference, prediction, geometry = _on_reference_grid(referenceSegmentationNode, predictionSegmentationNode,
+                                                                 [segmentName])
             ijk_to_ras = _ijk_to_ras(geometry)
             to_world = vtk.vtkGeneralTransform()
             slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(geometry.GetParentTransformNode(), None, to_world)
-        finally:
-            slicer.mrmlScene.RemoveNode(geometry)
         difference = reference.segments[segmentName] ^ prediction.segments[segmentName]
         return _jump_to_ranked_slice(difference, ijk_to_ras, to_world, sliceNode, rank, lambda count: (
             f"segment {segmentName!r}: reference and prediction differ on {count} slices, so there is no slice of "
@@ -590,8 +505,6 @@ class HyperSpaceMRMLLogic:
 
 def _segment_mask(restrict_to: tuple[Any, str], volumeNode: Any) -> np.ndarray:
     """The voxels of ``volumeNode`` (array order k, j, i) inside the segment ``restrict_to = (node, name)``."""
-    import slicer.util
-
     try:
         node, name = restrict_to
     except (TypeError, ValueError):
@@ -605,7 +518,7 @@ def _segment_mask(restrict_to: tuple[Any, str], volumeNode: Any) -> np.ndarray:
     if not segment_id:
         names = ", ".join(_segment_names(node)) or "none"
         raise UserError(f"segmentation {node.GetName()} has no segment named {name!r} (segments: {names}): choose one")
-    mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, volumeNode) > 0
+    mask = _segment_array(node, segment_id, volumeNode) > 0
     if not mask.any():
         raise UserError(f"segment {name!r} of {node.GetName()} covers none of {volumeNode.GetName()}'s voxels: paint it, "
                         "or choose another segment")
@@ -621,70 +534,6 @@ def _write_mask(mask: np.ndarray, volumeNode: Any, path: str) -> str:
     image.CopyInformation(grid)
     sitk.WriteImage(image, path, useCompression=True)
     return path
-
-
-def _load_segmentation(path: str, volumeNode: Any) -> Any:
-    """A new segmentation node from the engine's ``.seg.nrrd`` (segment names, label values and colours kept),
-    with the volume's reference geometry, under its parent transform and next to it in the subject hierarchy."""
-    import slicer
-
-    scene = slicer.mrmlScene
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(
-        f"{volumeNode.GetName()} segmentation"))
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetFileName(path)
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        raise RuntimeError(f"the segmentation written by the engine ({path}) could not be read")
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-    _place_next_to(node, volumeNode)
-    return node
-
-
-def _place_next_to(node: Any, volumeNode: Any) -> None:
-    """Put ``node`` under the volume's parent transform and next to it in the subject hierarchy."""
-    import slicer
-
-    node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-    volume_item = hierarchy.GetItemByDataNode(volumeNode)
-    if volume_item:  # Slicer's Qt plugins give every node an item; the Qt-free core does not
-        parent, item = hierarchy.GetItemParent(volume_item), hierarchy.GetItemByDataNode(node)
-        if item:
-            hierarchy.SetItemParent(item, parent)
-        else:
-            hierarchy.CreateItem(parent, node)
-
-
-def _load_uncertainty(path: str, volumeNode: Any) -> Any:
-    """A new scalar volume node "<volume> uncertainty" from the engine's ``--uncertainty`` file (on the volume's grid),
-    under the volume's parent transform and next to it in the subject hierarchy, shown as a heat map from 0 to 1."""
-    import slicer
-
-    scene = slicer.mrmlScene
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(
-        f"{volumeNode.GetName()} uncertainty"))
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(path)
-    storage.SetSingleFile(True)
-    if not storage.ReadData(node):
-        scene.RemoveNode(node)
-        raise RuntimeError(f"the uncertainty written by the engine ({path}) could not be read")
-    node.CreateDefaultDisplayNodes()
-    display = node.GetDisplayNode()
-    colors = next((c for c in (_color_node(scene, name) for name in HEAT_MAP_COLORS) if c is not None), None)
-    if colors is not None:
-        display.SetAndObserveColorNodeID(colors.GetID())
-    display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(0.0, 1.0)
-    _place_next_to(node, volumeNode)
-    return node
-
-
-def _color_node(scene: Any, name: str) -> Any:
-    nodes = scene.GetNodesByClassByName("vtkMRMLColorNode", name)
-    return nodes.GetItemAsObject(0) if nodes.GetNumberOfItems() else None
 
 
 def _jump_to_ranked_slice(weights: np.ndarray, ijk_to_ras: np.ndarray, to_world: Any, sliceNode: Any, rank: int,
@@ -814,38 +663,96 @@ def _matched_names(reference: Any, prediction: Any) -> list[str]:
     return names
 
 
-def _on_reference_grid(reference: Any, prediction: Any, names: Sequence[str], keep_geometry: bool = False):
-    """The named segments of both nodes as engine ``Segmentation``s on the reference's grid (its reference geometry,
-    else the extent of its segments; the prediction resampled there by Slicer, transforms applied). With
-    ``keep_geometry``, also the label map node that holds the grid (the caller removes it)."""
+def _on_reference_grid(reference: Any, prediction: Any, names: Sequence[str]):
+    """The named segments of both nodes as engine ``Segmentation``s on the reference's grid (the extent of its
+    reference geometry, else of its segments; the prediction resampled there by Slicer, transforms applied), and the
+    label map node that holds the grid. An empty segment is all background. Call it inside ``_no_new_nodes()``."""
     import slicer
-    import slicer.util
 
     from .evaluation.labels import Segmentation
 
     scene = slicer.mrmlScene
     geometry = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("hyperspace grid"))
+    logic = slicer.modules.segmentations.logic()
+    segmentation = reference.GetSegmentation()
+    painted = any(not _is_empty(segmentation.GetNthSegment(i)) for i in range(segmentation.GetNumberOfSegments()))
+    if not (painted and logic.ExportAllSegmentsToLabelmapNode(reference, geometry,
+                                                              slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)):
+        serialized = segmentation.GetConversionParameter(
+            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+        image = slicer.vtkOrientedImageData()
+        if not serialized or not slicer.vtkSegmentationConverter.DeserializeImageGeometry(serialized, image):
+            raise UserError(f"{reference.GetName()} has no painted voxel and no reference geometry, so it has no grid: "
+                            "paint its segments, or set its geometry from its scan (Segment Editor)")
+        logic.CreateLabelmapVolumeFromOrientedImageData(image, geometry)
+        geometry.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
+    grid = _grid_image(geometry.GetImageData().GetDimensions(), _ijk_to_ras(geometry))
+    results = []
+    for node in (reference, prediction):
+        segments, values = {}, np.zeros(grid.GetSize()[::-1], np.int32)
+        for name in names:
+            segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+            mask = _segment_array(node, segment_id, geometry) > 0
+            segments[name] = mask
+            values[mask] = node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+        results.append(Segmentation(grid, values, segments))
+    return results[0], results[1], geometry
+
+
+def _is_empty(segment: Any) -> bool:
+    """Whether ``segment`` holds a binary label map with no extent (a segment added but never painted)."""
+    import slicer
+
+    labelmap = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    return labelmap is not None and labelmap.IsEmpty()
+
+
+def _segment_array(node: Any, segment_id: str, referenceVolumeNode: Any) -> np.ndarray:
+    """The segment's voxels on the grid of ``referenceVolumeNode`` (array order k, j, i; 0 outside), all 0 for an empty
+    segment. Unlike ``slicer.util.arrayFromSegmentBinaryLabelmap``, it leaves no node in the scene."""
+    import slicer
+    import slicer.util
+    import vtk
+
+    if _is_empty(node.GetSegmentation().GetSegment(segment_id)):
+        return np.zeros(referenceVolumeNode.GetImageData().GetDimensions()[::-1], np.uint8)
+    with _no_new_nodes():
+        exported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(node, ids, exported,
+                                                                                 referenceVolumeNode):
+            raise RuntimeError(f"segment {segment_id} of {node.GetName()} could not be exported to a label map")
+        return slicer.util.arrayFromVolume(exported).copy()
+
+
+@contextlib.contextmanager
+def _no_new_nodes():
+    """Remove, on leaving (failed or not), every node added to the scene inside: the temporary label maps and the
+    display, colour and storage nodes that Slicer's export functions add with them."""
+    import slicer
+
+    scene = slicer.mrmlScene
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
-        logic = slicer.modules.segmentations.logic()
-        if not logic.ExportAllSegmentsToLabelmapNode(reference, geometry, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
-            raise RuntimeError(f"segmentation {reference.GetName()} could not be exported to a label map")
-        grid = _grid_image(geometry.GetImageData().GetDimensions(), _ijk_to_ras(geometry))
-        results = []
-        for node in (reference, prediction):
-            segments, values = {}, np.zeros(grid.GetSize()[::-1], np.int32)
-            for name in names:
-                segment_id = node.GetSegmentation().GetSegmentIdBySegmentName(name)
-                mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, geometry) > 0
-                segments[name] = mask
-                values[mask] = node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
-            results.append(Segmentation(grid, values, segments))
-    except BaseException:
-        scene.RemoveNode(geometry)
-        raise
-    if keep_geometry:
-        return results[0], results[1], geometry
-    scene.RemoveNode(geometry)
-    return results[0], results[1]
+        yield
+    finally:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in reversed([n for n in added if n.GetID() not in before]):
+            scene.RemoveNode(node)
+
+
+def _check_scan(volumeNode: Any, action: str) -> None:
+    """A scan to ``action``: a scalar volume node with image data, one value per voxel, and not a label map."""
+    if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.GetImageData() is None:
+        raise UserError(f"select a scalar volume node with image data to {action}")
+    name = volumeNode.GetName()
+    if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise UserError(f"{name} is a label map volume, not a scan: select the scan to {action}")
+    components = volumeNode.GetImageData().GetNumberOfScalarComponents()
+    if volumeNode.IsA("vtkMRMLVectorVolumeNode") or components > 1:
+        raise UserError(f"{name} is a vector volume ({components} values per voxel): select a scan with one value per "
+                        f"voxel to {action}, or extract one with the Vector to Scalar Volume module")
 
 
 def _case_files(folder: str | os.PathLike, suffixes: Sequence[str]) -> dict[str, Path]:

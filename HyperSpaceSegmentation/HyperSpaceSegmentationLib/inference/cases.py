@@ -16,8 +16,8 @@ import SimpleITK as sitk
 
 from ..errors import UserError
 from ..io.images import (
-    IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, PICTURE_OUTPUTS, _itk_warnings_off, atomic_output, check_output_path,
-    check_writable, extension,
+    IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, PICTURE_OUTPUTS, atomic_output, check_output_path, check_writable, extension,
+    itk_warnings_off,
 )
 
 CSV_COLUMNS = ("id", "image")  # required; "output" is optional
@@ -56,8 +56,8 @@ def collect_cases(inputs: Sequence[str]) -> tuple[list[Case], bool]:
     """``(cases, batch)`` for the command line's inputs, in order: image files, DICOM series folders, folders of
     images (their image files, else their DICOM series subfolders), glob patterns (image files and folders that
     match, sorted) and CSV files (see ``read_cases_csv``). ``batch`` is false for one image file or DICOM series
-    folder, whose output ``-o`` names; else ``-o`` names a folder. Ids must be unique (ignoring case, as the file
-    systems of Windows and macOS do), since outputs are named after them."""
+    folder, whose output ``-o`` names; else ``-o`` names a folder. Ids must be unique, which ``check_unique_ids``
+    checks once the batch's own earlier outputs are left out (``drop_own_outputs``)."""
     found: list[tuple[str, str, str | None, bool]] = []  # (id, image, output, scanned)
     batch = len(inputs) > 1
     for item in inputs:
@@ -89,27 +89,30 @@ def collect_cases(inputs: Sequence[str]) -> tuple[list[Case], bool]:
         else:
             found += members
             batch = True
-    _check_unique([(id_, image) for id_, image, _, _ in found])
     return [Case(index, *case) for index, case in enumerate(found)], batch
 
 
-def _check_unique(cases: Sequence[tuple[str, str]]) -> None:
-    """Refuse two cases ``(id, image)`` with the same id, ignoring case (as the file systems of Windows and macOS)."""
+def check_unique_ids(cases: Sequence[Case]) -> None:
+    """Refuse two cases with the same id, ignoring case (as the file systems of Windows and macOS do), since outputs
+    are named after ids."""
     seen: dict[str, str] = {}
-    for id_, image in cases:
-        if id_.casefold() in seen:
-            raise UserError(f"case id {id_!r} is given to both {seen[id_.casefold()]} and {image}: every case needs its "
-                            "own id (its output is named after it); rename one, or list the cases in a CSV with ids")
-        seen[id_.casefold()] = image
+    for case in cases:
+        if case.id.casefold() in seen:
+            raise UserError(f"case id {case.id!r} is given to both {seen[case.id.casefold()]} and {case.image}: every "
+                            "case needs its own id (its output is named after it); rename one, or list the cases in a "
+                            "CSV with ids")
+        seen[case.id.casefold()] = case.image
 
 
 def drop_own_outputs(cases: Sequence[Case], folder: Path, suffix: str) -> tuple[list[Case], list[Case]]:
     """``(kept, dropped)``: the cases without those found by a scan (folder or glob pattern) whose image is the output
     of another case of this batch (an earlier run's result, such as ``alpha_labels.nii.gz`` next to ``alpha.nrrd``
-    with ``--output-suffix _labels.nii.gz``); the kept ones numbered again from 0."""
-    outputs = {_key(_output_of(case, folder, suffix)) for case in cases}
-    dropped = [case for case in cases if case.scanned and _key(case.image) in outputs
-               and _key(_output_of(case, folder, suffix)) != _key(case.image)]
+    with ``--output-suffix _labels.nii.gz``, or ``alpha.nii.gz`` next to ``alpha.nrrd`` with ``.nii.gz``, which has
+    alpha's id too); the kept ones numbered again from 0."""
+    outputs: dict[str, set[int]] = {}  # an output to the cases that write it
+    for case in cases:
+        outputs.setdefault(_key(_output_of(case, folder, suffix)), set()).add(case.index)
+    dropped = [case for case in cases if case.scanned and outputs.get(_key(case.image), set()) - {case.index}]
     gone = {case.index for case in dropped}
     kept = [case for case in cases if case.index not in gone]
     return [Case(index, case.id, case.image, case.output, case.scanned) for index, case in enumerate(kept)], dropped
@@ -130,7 +133,7 @@ def _is_scan(path: Path, in_folder: bool) -> bool:
 
 def _dicom_series(folder: Path) -> bool:
     """Whether ``folder`` holds a DICOM series (without ITK's warnings on the console for one that does not)."""
-    with _itk_warnings_off():
+    with itk_warnings_off():
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
@@ -225,7 +228,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, ...] | None:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        with _itk_warnings_off():
+        with itk_warnings_off():
             reader.ReadImageInformation()
     except RuntimeError:
         return None

@@ -61,7 +61,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if not path.exists():
         raise UserError(f"{path} does not exist: check the path")
     if path.is_dir():
-        with _itk_warnings_off():
+        with itk_warnings_off():
             return _read_dicom_folder(path)
     if extension(path) not in IMAGE_EXTENSIONS:
         raise UserError(
@@ -70,7 +70,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if extension(path) in (".nii", ".nii.gz"):
         check_nifti_complete(path)
     try:
-        with _itk_warnings_off():
+        with itk_warnings_off():
             return sitk.ReadImage(str(path))
     except RuntimeError as error:
         if extension(path) == ".png" and _png_colour_type(path) == 4:
@@ -138,7 +138,7 @@ def picture_spacing_note(image: sitk.Image, path: str | os.PathLike) -> str | No
 
 
 @contextlib.contextmanager
-def _itk_warnings_off() -> Iterator[None]:
+def itk_warnings_off() -> Iterator[None]:
     """Silence ITK's warnings (printed on stderr before our own one-line error) for the duration of a read."""
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
