@@ -215,3 +215,13 @@ def test_an_unexpected_failure_of_one_case_does_not_end_the_batch(tmp_path, caps
     assert code == 0, err
     assert "hyperspace: case a failed: could not be scored (RuntimeError: second line)" in err
     assert "mean over the 1 scored of 2 cases" in out
+
+
+@pytest.mark.parametrize("delimiter, shown", [(";", "semicolons (;)"), ("\t", "tabs")])
+def test_a_paths_csv_saved_with_semicolons_gets_a_hint_at_the_delimiter(tmp_path, capsys, delimiter, shown):
+    listing = tmp_path / "cases.csv"
+    listing.write_text(delimiter.join(["id", "mask", "prediction"]) + "\n" + delimiter.join(["a", "r.nrrd", "p.nrrd"])
+                       + "\n", encoding="utf-8")
+    code, out, err = run(capsys, "evaluate", "--paths-csv", listing)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert f"separates its columns with {shown}, not commas" in err and "id, mask and prediction" in err

@@ -219,3 +219,14 @@ def test_postprocess_measures_with_the_spacing_given():
     image = labels_image(array)
     assert sitk.GetArrayFromImage(postprocess(image, [step])[0]).sum() == 0
     assert sitk.GetArrayFromImage(postprocess(image, [step], (3.0, 3.0, 3.0))[0]).sum() == 8
+
+
+@pytest.mark.parametrize("options", [[[10, 2], [20, 1, 2]], [[10], [20, 1]], [[10], [20]]])
+def test_steps_refuse_two_sizes_for_one_class_whoever_asks(options):
+    """The command line and the Slicer logic build their steps here: neither may give one class two sizes."""
+    from HyperSpaceSegmentationLib.errors import UserError
+    from HyperSpaceSegmentationLib.postprocessing import steps_from_options
+
+    with pytest.raises(UserError, match="two sizes"):
+        steps_from_options(options, None, None)
+    assert len(steps_from_options([[10, 1], [10, 1], [5, 2]], None, None)) == 3  # the same size twice is no conflict

@@ -337,3 +337,25 @@ def test_when_no_spacing_fits_the_memory_error_suggests_none(monkeypatch, image_
     with pytest.raises(UserError, match="free memory on cpu") as raised:
         segmenter.check_memory(image, (3.5, 3.5, 3.5), allow_extrapolation=True)
     assert "--spacing" not in str(raised.value) and "--max-memory" not in str(raised.value)
+
+
+def test_a_spacing_beyond_the_trained_range_is_suggested_only_with_allow_extrapolation():
+    """Only a spacing coarser than the trained range (0.8-3.5 mm) fits the budget: without --allow-extrapolation,
+    such a spacing is clamped to 3.5 mm, so the advice must add the flag (or suggest something else that fits)."""
+    from HyperSpaceSegmentationLib.errors import UserError
+    from HyperSpaceSegmentationLib.inference import Segmenter
+
+    image = sitk.Image([256, 256, 200], sitk.sitkFloat32)  # the estimate reads the grid alone
+    segmenter = Segmenter(tiny_model(), device="cpu", max_memory_mb=305)
+    assert segmenter.estimate_memory_mb(image, (3.5,) * 3) > 305  # the coarsest trained spacing does not fit
+    with pytest.raises(UserError) as raised:
+        segmenter.check_memory(image, (3.0,) * 3, allow_extrapolation=False)
+    suggestions = SUGGESTIONS.findall(str(raised.value))
+    assert any(s.startswith("--spacing") for s in suggestions), raised.value
+    for suggestion in suggestions:
+        words = suggestion.split()
+        if words[0] == "--spacing":
+            spacing = tuple(float(v) for v in words[1:] if not v.startswith("--"))
+            extrapolate = "--allow-extrapolation" in words
+            assert extrapolate or max(spacing) <= 3.5, raised.value  # would be clamped, and fail again
+            assert segmenter.check_memory(image, spacing, allow_extrapolation=extrapolate) <= 305

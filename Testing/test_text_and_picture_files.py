@@ -62,6 +62,26 @@ def test_seg_nrrd_keeps_non_ascii_segment_names_in_utf8(tmp_path):
     assert segmentation.segments[NAMES[2]].sum() == 2 * 2 * 3
 
 
+@pytest.mark.parametrize("names", [
+    {0: "background", 1: "Weiße Substanz", 2: "HyperSpaceName0Placeholder"},  # another name holds such a text
+    {0: "background", 1: "HyperSpaceName1Placeholder", 2: "海马"},
+    {0: "background", 1: "a?", 2: "aé"},  # a name as its ASCII stand-in would read
+])
+def test_seg_nrrd_names_are_each_their_own_whatever_they_hold(names, tmp_path):
+    segmentation = read_segmentation(write_labels(two_labels(), tmp_path / "labels.seg.nrrd", names))
+    assert segmentation.value_names == {1: names[1], 2: names[2]}
+
+
+@pytest.mark.parametrize("name", ["white\nmatter", "Weiße\nSegment5_Name:=evil", "tab\there\r"])
+def test_a_segment_name_with_a_line_break_keeps_the_seg_nrrd_readable(name, tmp_path):
+    path = write_labels(two_labels(), tmp_path / "labels.seg.nrrd", {0: "background", 1: name, 2: "other"})
+    segmentation = read_segmentation(path)  # one line each: the header is intact
+    shown = "".join(" " if c in "\n\r\t" else c for c in name)  # control characters as spaces
+    assert segmentation.value_names in ({1: shown, 2: "other"}, {1: shown.strip(), 2: "other"})
+    assert segmentation.segments["other"].sum() == 2 * 2 * 3
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).max() == 2
+
+
 @pytest.mark.parametrize("names", ["segments", "config"])
 def test_results_csv_is_utf8_with_crlf_once_per_line_under_windows_defaults(names, tmp_path, capsys, windows_defaults):
     """Classes named by the segments of .seg.nrrd files, or by a config's classes over label maps."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, error_line
 from .postprocessing import add_options as add_postprocessing_options
 
 RESOURCES = Path(__file__).resolve().parent / "resources"  # package data: installed with the engine
@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
             value = getattr(namespace, action.dest, None)
             if any(isinstance(v, str) and not v.strip() for v in (value if isinstance(value, list) else [value])):
                 shown = "/".join(action.option_strings) or action.metavar or action.dest.upper()
-                pass  # raise UserError(f"{shown} is empty (an unset shell variable?): give a value")
+                raise UserError(f"{shown} is empty (an unset shell variable?): give a value")
         return namespace, extras
 
     def error(self, message: str) -> NoReturn:
@@ -374,6 +374,10 @@ class _Run:
     """What every case of a run shares: the settings, checked once; the models, loaded once; and their segmenters,
     built once per mode and slices, which keep the networks generated for each spacing."""
 
+    cache = None
+    """A process-wide cache of models and segmenters kept from run to run (``worker.EngineCache``, set by the Slicer
+    module's worker); None: each run reads its own."""
+
     def __init__(self, args: argparse.Namespace, device, world: int = 1) -> None:
         import torch
 
@@ -384,9 +388,7 @@ class _Run:
         self.args, self.device = args, device
         self.paths = args.model or [None]  # several: an ensemble
         self.mode = None  # a batch's mode for every case (see batch_mode); None: each case's own
-        _check_models_differ(args.model or [])
         self.steps = steps_from_options(args.remove_smaller_than, args.largest_component, args.fill_holes)
-        _check_one_size_per_label(args.remove_smaller_than or [])
         self.stages = 3 + 3 * len(self.paths) + bool(self.steps)
         request = parse_spacing(args.spacing)
         if args.max_voxels is not None or args.max_seconds is not None:
@@ -407,7 +409,8 @@ class _Run:
         """The model of file ``path`` (``None``: ``default``), read once."""
         key = path or str(default)
         if key not in self._models:
-            self._models[key] = _load(path, default)
+            cache = _Run.cache
+            self._models[key] = _load(path, default) if cache is None else cache.model(path, default, self.device)
         return self._models[key]
 
     def segmenters(self, mode: str, models: list, slices) -> list:
@@ -417,14 +420,15 @@ class _Run:
         key = (mode, slices)
         if key not in self._segmenters:
             args = self.args
-            self._segmenters[key] = [Segmenter(m, device=str(self.device), patch=args.patch, slices=slices,
+            make = Segmenter if _Run.cache is None else _Run.cache.segmenter
+            self._segmenters[key] = [make(m, device=str(self.device), patch=args.patch, slices=slices,
                                                tta=args.tta, max_memory_mb=args.max_memory) for m in models]
         return self._segmenters[key]
 
 
-def _check_models_differ(paths: Sequence[str], load=None) -> None:
+def _check_models_differ(paths: Sequence[str], load) -> None:
     """Refuse an ensemble that names one model twice, as one file twice or as two files with the same weights
-    (``load`` reads a model; ``None``: the paths alone): its mean would weigh that model double."""
+    (``load`` reads a model): its mean would weigh that model double."""
     import torch
 
     seen: dict[str, str] = {}
@@ -434,8 +438,6 @@ def _check_models_differ(paths: Sequence[str], load=None) -> None:
             raise UserError(f"--model {path} is given twice: an ensemble averages different models; give each model "
                             "once")
         seen[key] = path
-    if load is None:
-        return
     weights = []
     for path in paths:
         state = load(path).trainable().state_dict()  # what a model file stores
@@ -446,31 +448,15 @@ def _check_models_differ(paths: Sequence[str], load=None) -> None:
         weights.append((path, state))
 
 
-def _check_one_size_per_label(options: Sequence[Sequence[float]]) -> None:
-    """Refuse ``--remove-smaller-than`` options that give one class two sizes (no LABEL: every class)."""
-    sizes: dict[object, float] = {}  # label (or "every class") to its size
-    for values in options:
-        size, labels = values[0], values[1:] or ["every class"]
-        for label in labels:
-            for other, known in sizes.items():
-                if (other == label or "every class" in (other, label)) and known != size:
-                    which = "every class" if label == other == "every class" else \
-                        f"label {label if label != 'every class' else other:g}"
-                    raise UserError(f"--remove-smaller-than gives {which} two sizes ({known:g} and {size:g} mm^3): "
-                                    "give each class one size (no LABEL means every class)")
-            sizes[label] = size
-
-
 def batch_mode(args: argparse.Namespace, cases: Sequence) -> str | None:
     """The one mode of a batch given neither ``--mode`` nor ``--model``: ``3d`` (the embedded 3D model) when any case
     is a volume, so that a 2D image among volumes fails clearly instead of being segmented by the 2D model with
     other labels; ``None`` (each case's own: 2D images and single slices, the 2D model) otherwise."""
-    from .inference.cases import image_size
+    from .inference.cases import image_size, is_volume
 
     if args.mode is not None or args.model:
         return None
-    sizes = [image_size(case.image) for case in cases]
-    return "3d" if any(size == () or (size and len(size) == 3 and 1 not in size) for size in sizes) else None
+    return "3d" if any(is_volume(image_size(case.image)) for case in cases) else None
 
 
 def _read_scan(path: str, input_spacing: Sequence[float] | None):
@@ -617,8 +603,8 @@ def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, wor
     ``torchrun`` group: the one of every process); exit code 1 if a case of this process failed. Interrupted
     (Ctrl+C, SIGTERM), a single process writes the summary of the cases it went through before it stops."""
     from .inference.cases import (
-        check_output_suffix, check_picture_outputs, check_summary, check_unique_ids, close_group, drop_own_outputs,
-        gather, parse_shard, plan_outputs, share, write_summary,
+        check_output_suffix, check_picture_outputs, check_summary, close_group, gather, parse_shard, plan_outputs,
+        share, write_summary,
     )
     from .io.images import IMAGE_EXTENSIONS, extension, output_folder
 
@@ -636,14 +622,7 @@ def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, wor
         raise UserError("--shard splits the cases among separate jobs, but under torchrun the processes share them "
                         "already: drop --shard")
     part, parts = parse_shard(args.shard) if args.shard is not None else (rank + 1, world)
-    cases, dropped = drop_own_outputs(cases, Path(args.output), suffix)
-    if dropped and rank == 0 and not args.quiet:
-        names = ", ".join(Path(case.image).name for case in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
-        print(f"note: {len(dropped)} file(s) found are outputs of this batch, not scans, and are left out: {names}",
-              file=sys.stderr)
-    if not cases:
-        raise UserError(f"every file found is an output of this batch ({args.output}): give the scans to segment")
-    check_unique_ids(cases)  # planted
+    cases = _scans_of_batch(args, cases, suffix, rank)
     mine = share(cases, part - 1, parts)
     csv_inputs = {item: f"cases CSV {item}" for item in args.input
                   if item.lower().endswith(".csv") and Path(item).is_file()}
@@ -694,6 +673,22 @@ def _segment_batch(args: argparse.Namespace, cases: list, device, rank: int, wor
     return 1 if failed else 0
 
 
+def _scans_of_batch(args: argparse.Namespace, cases: list, suffix: str, rank: int) -> list:
+    """``cases`` without the files that a folder or pattern found but are outputs of this batch (an earlier run's,
+    with a note), their ids checked: unique."""
+    from .inference.cases import check_unique_ids, drop_own_outputs
+
+    cases, dropped = drop_own_outputs(cases, Path(args.output), suffix)
+    if dropped and rank == 0 and not args.quiet:
+        names = ", ".join(Path(case.image).name for case in dropped[:3]) + (", ..." if len(dropped) > 3 else "")
+        print(f"note: {len(dropped)} file(s) found are outputs of this batch, not scans, and are left out: {names}",
+              file=sys.stderr)
+    if not cases:
+        raise UserError(f"every file found is an output of this batch ({args.output}): give the scans to segment")
+    check_unique_ids(cases)
+    return cases
+
+
 def _segment_cases(args: argparse.Namespace, run: _Run, cases: list, outputs: list[Path], skip: list[bool],
                    total: int) -> tuple[list[dict], BaseException | None]:
     """Segment ``cases`` one after the other into ``outputs`` (those marked in ``skip`` not: their outputs exist),
@@ -703,7 +698,6 @@ def _segment_cases(args: argparse.Namespace, run: _Run, cases: list, outputs: li
     cancelled), if one did."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .inference.cases import error_line
     from .progress import CasePosition, CaseProgress, Reporter
 
     progress = CaseProgress(len(cases), quiet=args.quiet)

@@ -68,11 +68,27 @@ def steps_from_options(remove_smaller_than: Sequence[Sequence[float]] | None, la
         if not (math.isfinite(size) and size >= 0):
             raise UserError(f"--remove-smaller-than {size:g}: give a volume of 0 mm^3 or more, then optional labels")
         steps.append(PostprocessingStep("remove_smaller_than", _integers(labels, "--remove-smaller-than"), size))
+    _check_one_size_per_class(steps)
     if largest_component is not None:
         steps.append(PostprocessingStep("largest_component", _integers(largest_component, "--largest-component")))
     if fill_holes is not None:
         steps.append(PostprocessingStep("fill_holes", _integers(fill_holes, "--fill-holes")))
     return steps
+
+
+def _check_one_size_per_class(steps: Sequence[PostprocessingStep]) -> None:
+    """Refuse ``remove_smaller_than`` steps that give one class two sizes (no labels: every class)."""
+    sizes: dict[int | None, float] = {}  # a label (None: every class) to its size
+    for step in steps:
+        for label in step.labels or (None,):
+            for other, known in sizes.items():
+                if (other == label or None in (other, label)) and known != step.min_volume_mm3:
+                    which = "every class" if label is None and other is None else \
+                        f"label {label if label is not None else other}"
+                    raise UserError(f"--remove-smaller-than gives {which} two sizes ({known:g} and "
+                                    f"{step.min_volume_mm3:g} mm^3): give each class one size (no LABEL means every "
+                                    "class)")
+            sizes[label] = step.min_volume_mm3
 
 
 def _integers(values: Sequence[float], option: str) -> tuple[int, ...]:

@@ -20,9 +20,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import UserError
+from ..errors import UserError, error_line
 from ..geometry import difference, format_pair, grid_difference, grid_differences, resample_labels
-from ..io.images import atomic_output
+from ..io.images import atomic_output, foreign_delimiter
 from .labels import ClassSpec, Segmentation, default_classes, read_segmentation
 from .metrics import DEFAULT_METRICS, METRICS, Comparison, compute
 
@@ -133,6 +133,9 @@ def read_paths_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         raise UserError(f"paths CSV {path} is not a readable UTF-8 CSV file ({error}): "
                         "save it as CSV (UTF-8)") from None
     missing = [name for name in CASE_COLUMNS if name not in columns]
+    if missing and (shown := foreign_delimiter(text)):
+        raise UserError(f"paths CSV {path} separates its columns with {shown}, not commas: save it as CSV with commas "
+                        "(a spreadsheet's 'CSV (comma delimited)'), with the columns id, mask and prediction")
     if missing:
         raise UserError(f"paths CSV {path} lacks the column(s) {', '.join(missing)}: its first line must name "
                         "the columns id, mask and prediction (MIST's layout)")
@@ -165,8 +168,7 @@ def _evaluate_row(args: tuple) -> dict[str, float | str]:
     except UserError as error:
         return {"id": case["id"], "error": str(error)}
     except (ArithmeticError, LookupError, MemoryError, OSError, RuntimeError, TypeError, ValueError) as error:
-        first = (str(error).strip().splitlines() or [""])[-1][:200]
-        return {"id": case["id"], "error": f"could not be scored ({type(error).__name__}: {first}): check its files"}
+        return {"id": case["id"], "error": f"could not be scored ({error_line(error)}): check its files"}
 
 
 def evaluate_batch(

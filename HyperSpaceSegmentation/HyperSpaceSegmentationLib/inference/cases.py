@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from ..errors import UserError
 from ..io.images import (
     IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, PICTURE_OUTPUTS, atomic_output, check_output_path, check_writable, extension,
-    itk_warnings_off,
+    file_name_problem, foreign_delimiter, itk_warnings_off,
 )
 
 CSV_COLUMNS = ("id", "image")  # required; "output" is optional
@@ -25,9 +25,6 @@ SUMMARY_COLUMNS = ("id", "input", "output", "status", "spacing_mm", "seconds", "
                    "gpu_memory_time_mb_s", "error")
 _NOT_SCANS = (".seg.nrrd", ".dcm")  # in a folder: segmentations (earlier results) and DICOM slices are no cases
 _PATTERN_CHARACTERS = frozenset("*?[")
-_NOT_IN_NAMES = frozenset('<>:"/\\|?*')  # characters that Windows, macOS or Linux refuse in a file name
-_DEVICE_NAMES = frozenset(["con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
-                           *(f"lpt{i}" for i in range(1, 10))])  # Windows opens a device for these names
 
 
 @dataclass(frozen=True)
@@ -157,10 +154,7 @@ def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
     except (UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"cases CSV {path} is not a readable UTF-8 CSV file ({error}): save it as CSV (UTF-8)") from None
     if missing := [c for c in CSV_COLUMNS if c not in reader.fieldnames]:
-        first = text.lstrip().splitlines()[0] if text.strip() else ""
-        delimiter = next((d for d in ";\t|" if d in first and "," not in first), None)
-        if delimiter:
-            shown = {";": "semicolons (;)", "\t": "tabs", "|": "bars (|)"}[delimiter]
+        if shown := foreign_delimiter(text):
             raise UserError(f"cases CSV {path} separates its columns with {shown}, not commas: save it as CSV with "
                             "commas (a spreadsheet's 'CSV (comma delimited)'), with the columns id, image and "
                             "optionally output")
@@ -175,7 +169,7 @@ def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
             problem = "has more values than columns" if None in row else "has no id or no image"
             raise UserError(f"cases CSV {path}, line {line} {problem}: give id and image (and optionally output) on "
                             "every line")
-        if problem := _id_problem(values["id"]):
+        if problem := file_name_problem(values["id"]):
             raise UserError(f"cases CSV {path}, line {line}: id {values['id']!r} {problem} (outputs are named after "
                             "ids): give an id such as case01, without / \\ : * ? \" < > |")
         output = values.get("output") or None
@@ -184,21 +178,6 @@ def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
     if not cases:
         raise UserError(f"cases CSV {path} lists no cases: add one line per case under the header")
     return cases
-
-
-def _id_problem(id_: str) -> str | None:
-    """Why a CSV's case id cannot name its output file on Windows, macOS and Linux, or ``None``."""
-    if id_ in (".", ".."):
-        return "names a folder, not a file"
-    if id_.startswith("."):
-        return "starts with '.', which would make its output a hidden file"
-    if bad := sorted({c for c in id_ if c in _NOT_IN_NAMES or ord(c) < 32}):
-        return f"holds {' '.join(map(repr, bad))}, which a file name cannot hold"
-    if id_.endswith((".", " ")):
-        return "ends in '.' or a space, which Windows drops from file names"
-    if id_.split(".")[0].strip().casefold() in _DEVICE_NAMES:
-        return "is a device name on Windows"
-    return None
 
 
 def check_output_suffix(suffix: str) -> None:
@@ -215,10 +194,16 @@ def check_picture_outputs(cases: Sequence[Case], outputs: Sequence[Path]) -> Non
         if extension(output) not in PICTURE_OUTPUTS:
             continue
         size = image_size(case.image)
-        if size == () or (size is not None and len(size) == 3 and 1 not in size):
+        if is_volume(size):
             shown = "a DICOM series" if size == () else f"a volume of {' x '.join(map(str, size))} voxels"
             raise UserError(f"case {case.id} ({case.image}) is {shown}, but its output {output.name} is a picture, "
                             "which holds one 2D plane: use --output-suffix .seg.nrrd (or .nrrd, .nii.gz, .mha)")
+
+
+def is_volume(size: tuple[int, ...] | None) -> bool:
+    """Whether an ``image_size`` is that of a volume of several slices (a DICOM series is one); not for a 2D image,
+    a single-slice volume or an unreadable header."""
+    return size == () or (size is not None and len(size) == 3 and 1 not in size)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, ...] | None:
@@ -335,15 +320,6 @@ def close_group() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def error_line(error: BaseException) -> str:
-    """An error as one line: a ``UserError``'s message, else its type and the last line of its message (that of
-    SimpleITK's exceptions, whose first lines name source files)."""
-    if isinstance(error, UserError):
-        return str(error)
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1][:300]}" if lines else type(error).__name__
 
 
 def write_summary(rows: Iterable[dict], path: str | os.PathLike, overwrite: bool) -> Path:

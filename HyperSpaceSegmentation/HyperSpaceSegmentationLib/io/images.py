@@ -8,6 +8,7 @@ import math
 import os
 import struct
 import tempfile
+import unicodedata
 import zlib
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -73,7 +74,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         with itk_warnings_off():
             return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        if extension(path) == ".png" and _png_colour_type(path) == 4:
+        if extension(path) == ".png" and (_png_header(path) or (0, 0))[1] == 4:
             return _read_grey_alpha_png(path)
         if "spacing" in str(error).lower():
             raise UserError(f"{path} has an invalid voxel spacing in its header ({_first_line(error)}): "
@@ -81,11 +82,13 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise UserError(f"{path} could not be read as an image ({_first_line(error)}): check that it is not damaged") from None
 
 
-def _png_colour_type(path: Path) -> int | None:
-    """The colour type of a PNG file's header (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA), or ``None``."""
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` of a PNG file's header (colour type 0 grey, 2 RGB, 3 palette, 4 grey + alpha,
+    6 RGBA), or ``None`` for a file that is no PNG."""
     with open(path, "rb") as stream:
         start = stream.read(26)
-    return start[25] if len(start) == 26 and start[:8] == b"\x89PNG\r\n\x1a\n" and start[12:16] == b"IHDR" else None
+    valid = len(start) == 26 and start[:8] == b"\x89PNG\r\n\x1a\n" and start[12:16] == b"IHDR"
+    return (start[24], start[25]) if valid else None
 
 
 def _read_grey_alpha_png(path: Path) -> sitk.Image:
@@ -94,8 +97,7 @@ def _read_grey_alpha_png(path: Path) -> sitk.Image:
     scikit-image's imageio). Only 8-bit ones: a 16-bit one is a one-line error."""
     from PIL import Image
 
-    with open(path, "rb") as stream:
-        depth = stream.read(25)[24]
+    depth = _png_header(path)[0]
     if depth != 8:
         raise UserError(f"{path} is a {depth}-bit grey picture with transparency (alpha), which cannot be read: save it "
                         "without the alpha channel (grey only)")
@@ -301,6 +303,37 @@ def check_writable(path: str | os.PathLike, overwrite: bool) -> None:
                         "choose a folder you can write in") from None
 
 
+def foreign_delimiter(text: str) -> str | None:
+    """How the first line of the CSV text ``text`` separates its columns when not with commas, as spreadsheets set
+    to some languages save CSV: 'semicolons (;)', 'tabs' or 'bars (|)'; else ``None``."""
+    first = text.lstrip().splitlines()[0] if text.strip() else ""
+    delimiter = next((d for d in ";\t|" if d in first and "," not in first), None)
+    return {";": "semicolons (;)", "\t": "tabs", "|": "bars (|)"}.get(delimiter)
+
+
+_NOT_IN_NAMES = frozenset('<>:"/\\|?*')  # characters that Windows, macOS or Linux refuse in a file name
+_DEVICE_NAMES = frozenset(["con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                           *(f"lpt{i}" for i in range(1, 10))])  # Windows opens a device for these names
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` (a case id) cannot name a file on Windows, macOS and Linux, or ``None``: a phrase such as
+    'names a folder, not a file'."""
+    if not name.strip():
+        return "is blank"
+    if name in (".", ".."):
+        return "names a folder, not a file"
+    if name.startswith("."):
+        return "starts with '.', which would make its output a hidden file"
+    if bad := sorted({c for c in name if c in _NOT_IN_NAMES or unicodedata.category(c) == "Cc"}):
+        return f"holds {' '.join(map(repr, bad))}, which a file name cannot hold"
+    if name.endswith((".", " ")):
+        return "ends in '.' or a space, which Windows drops from file names"
+    if name.split(".")[0].strip().casefold() in _DEVICE_NAMES:
+        return "is a device name on Windows"
+    return None
+
+
 def check_not_an_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
     """Refuse an output file that is one of the inputs (``{role: path}``), which writing would destroy."""
     for role, path in inputs.items():
@@ -483,10 +516,11 @@ def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str]
     for index, value in enumerate(values):
         color = colors.get(value, SEGMENT_PALETTE[index % len(SEGMENT_PALETTE)])
         box = boxes[value - 1] if value <= len(boxes) else None
-        name = str(names[value])
-        if not name.isascii():  # slicerio's NRRD writer takes ASCII only: a placeholder, replaced below
-            utf8[f"HyperSpaceName{index}Placeholder"] = name
-            name = f"HyperSpaceName{index}Placeholder"
+        # a name is one header line: a control character (a newline) would end it and corrupt the file
+        name = "".join(" " if unicodedata.category(c) == "Cc" else c for c in str(names[value]))
+        if not name.isascii():  # slicerio's NRRD writer takes ASCII only: written in UTF-8 below, by its key
+            utf8[index] = name
+            name = name.encode("ascii", "replace").decode("ascii")
         segments.append({"id": f"Segment_{value}", "name": name, "labelValue": int(value), "layer": 0,
                          "extent": _extent(box), "color": [float(c) for c in color]})
     slicerio.write_segmentation(str(path), {
@@ -501,15 +535,19 @@ def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str]
         _utf8_names(path, utf8)
 
 
-def _utf8_names(path: Path, names: Mapping[str, str]) -> None:
-    """Replace each placeholder in the header of the NRRD file ``path`` by its segment name in UTF-8, as Slicer
-    writes names that are not plain ASCII (the header ends at the first empty line; the voxels follow it)."""
+def _utf8_names(path: Path, names: Mapping[int, str]) -> None:
+    """Write the name of each segment ``{index: name}`` in UTF-8 into the header of the NRRD file ``path`` (its
+    ``Segment<index>_Name`` line, whatever that held), as Slicer writes names that are not plain ASCII (the header
+    ends at the first empty line; the voxels follow it)."""
     data = path.read_bytes()
     end = data.index(b"\n\n")
-    header = data[:end]
-    for placeholder, name in names.items():
-        header = header.replace(f":={placeholder}\n".encode("ascii"), f":={name}\n".encode("utf-8"))
-    path.write_bytes(header + data[end:])
+    keys = {f"Segment{index}_Name".encode("ascii"): name.encode("utf-8") for index, name in names.items()}
+    lines = data[:end].split(b"\n")
+    for number, line in enumerate(lines):
+        key, separator, _ = line.partition(b":=")
+        if separator and key in keys:
+            lines[number] = key + b":=" + keys[key]
+    path.write_bytes(b"\n".join(lines) + data[end:])
 
 
 def _reference_geometry(image: sitk.Image) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from ..io.images import file_name_problem
 from ..preprocessing import MODALITIES
 
 if TYPE_CHECKING:
@@ -152,18 +153,6 @@ def _colors(entries: object, labels: dict[int, str], json_path: Path) -> dict[in
     return colors
 
 
-def case_id_problem(identifier: str) -> str | None:
-    """Why ``identifier`` cannot name a case (None if it can): a case id may name files and folders of its case,
-    so it is not blank, '.' or '..', does not start with '.' (a hidden file) and holds no path separator or
-    control character."""
-    if not identifier.strip():
-        return "which is blank: give every case a name, such as 'case-001'"
-    if identifier.startswith(".") or any(c in identifier for c in "/\\") or not identifier.isprintable():
-        return ("which cannot name a case's files: use letters, digits, '-' and '_' (no '/' or '\\', not starting "
-                "with '.'), such as 'case-001'")
-    return None
-
-
 def _cases(entries: list, json_path: Path, section: str) -> list[Case]:
     if not isinstance(entries, list) or (section == "training" and not entries):
         raise UserError(f"dataset file {json_path}: {section!r} must be a non-empty list of cases")
@@ -173,8 +162,9 @@ def _cases(entries: list, json_path: Path, section: str) -> list[Case]:
             raise UserError(f"dataset file {json_path}: {section} case {index} needs 'image' and 'label' paths")
         generation = entry.get("generation")
         identifier = str(entry.get("id", f"{section}-{index}"))
-        if problem := case_id_problem(identifier):
-            raise UserError(f"dataset file {json_path}: {section} case {index} has the id {identifier!r}, {problem}")
+        if problem := file_name_problem(identifier):  # an id may name files of its case
+            raise UserError(f"dataset file {json_path}: {section} case {index} has the id {identifier!r}, which "
+                            f"{problem}: give every case a name such as 'case-001', without / \\ : * ? \" < > |")
         case = Case(
             id=identifier,
             image=(json_path.parent / entry["image"]).resolve(),

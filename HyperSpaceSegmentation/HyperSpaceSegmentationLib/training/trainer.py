@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import UserError
+from ..errors import UserError, error_line
 from ..evaluation.metrics import METRICS, Comparison, compute
 from ..inference import Segmenter, Slices, SpacingRequest
 from ..io.images import atomic_output, check_writable, output_folder
@@ -133,7 +133,7 @@ def _config_of(path: Path, values: dict) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except TypeError as error:
-        raise UserError(f"--resume: {path} holds settings this version does not know ({_first_line(error)}): resume "
+        raise UserError(f"--resume: {path} holds settings this version does not know ({error_line(error)}): resume "
                         "it with the version that wrote it, or train again without --resume") from None
 
 
@@ -257,7 +257,7 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
             optimizer.load_state_dict(checkpoint["optimizer"])
         except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as error:
             raise UserError(f"--resume: the weights in {checkpoint_path} do not fit this run's network "
-                            f"({_first_line(error)}): it is damaged or from another run; train again without "
+                            f"({error_line(error)}): it is damaged or from another run; train again without "
                             "--resume") from None
         step, history = checkpoint["step"], checkpoint["history"]
         validation_history = checkpoint.get("validation", [])
@@ -422,7 +422,7 @@ def _load_checkpoint(path: Path) -> dict:
         if "weights only load failed" in str(error).lower():
             detail = "it holds objects other than tensors, numbers and text, which are not loaded: they could run code"
         else:
-            detail = f"{type(error).__name__}: {_first_line(error)[:120]}"
+            detail = error_line(error)
         raise UserError(f"--resume: {path} is damaged, truncated or not a checkpoint of 'hyperspace train' "
                         f"({detail}): train again without --resume, or put an intact checkpoint.pt in its place") from None
     if not isinstance(checkpoint, dict):
@@ -434,11 +434,6 @@ def _load_checkpoint(path: Path) -> dict:
         raise UserError(f"--resume: {path} is not a checkpoint of 'hyperspace train' (no valid "
                         f"{', '.join(wrong)}): train again without --resume")
     return checkpoint
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def _json_config(config: TrainConfig) -> dict:
