@@ -40,6 +40,7 @@ SAMPLE_FILE = os.path.join(MODULE_DIR, "HyperSpaceSegmentationLib", "resources",
 SAMPLE_NAME = "MNI152 T1 1.5mm"
 MINIMUM_TORCH = "2.0"
 POLL_MS = 200
+WARM_ENGINE_SETTING = "HyperSpaceSegmentation/WarmEngine"  # false: one engine process per Apply
 
 
 class HyperSpaceSegmentation(ScriptedLoadableModule):
@@ -258,6 +259,9 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = HyperSpaceSegmentationLogic()
+        # Apply runs in the session's warm engine (models and networks stay loaded); the setting
+        # HyperSpaceSegmentation/WarmEngine = false starts one engine process per run instead
+        self.logic.warmEngine = slicer.util.settingsValue(WARM_ENGINE_SETTING, True, converter=slicer.util.toBool)
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.connect("timeout()", self.onPoll)
@@ -284,6 +288,7 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
     def cleanup(self) -> None:
         if self._job is not None:
             self._job.cancel()
+        self.logic.stop_engine()  # Slicer closes, or the module is reloaded (its engine code may have changed)
         self._timer.stop()
         self._estimateTimer.stop()
         self.removeObservers()

@@ -54,7 +54,7 @@ def test_tta_and_uncertainty_match_the_command_line(scene, logic, tmp_path, mode
 
     job = logic.segment(volume, "native", model=model_file, device="cpu", wait=False, tta=True, uncertainty=True)
     segmentation = job.wait(timeout=180)
-    assert "--tta" in job.process.args and "--uncertainty" in job.process.args
+    assert "--tta" in job.command and "--uncertainty" in job.command  # the one-shot command line
     np.testing.assert_array_equal(labels_on_volume_grid(segmentation, volume), expected)
     node = job.uncertainty
     assert node.IsA("vtkMRMLScalarVolumeNode") and node.GetName() == "scan uncertainty"

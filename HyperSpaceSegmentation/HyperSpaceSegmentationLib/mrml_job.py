@@ -4,12 +4,15 @@ separate process (``PythonSlicer`` in Slicer), follows its output and loads its 
 Its life cycle: the job ends done, failed or cancelled, and in every case its temporary folder (an uncompressed copy
 of the scan) is removed and its process tree ended; a job that is never polled to its end, or dropped, does the same
 when it is garbage collected or Python exits, and closing the scene of its volume cancels it, so that nothing is
-loaded into the next scene. The engine's output is read as UTF-8 (the child is told to write UTF-8), an undecodable
+loaded into the next scene. By default a job runs in the session's warm engine (``WarmEngine``: one worker process,
+``worker.py``, that keeps models and networks loaded from job to job); cancelling such a job kills the worker, and
+the next job starts a fresh one. The engine's output is read as UTF-8 (the child is told to write UTF-8), an undecodable
 byte is replaced and never ends the reader. ``slicer`` and ``psutil`` are imported inside the functions.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -33,6 +36,10 @@ HEAT_MAP_COLORS = ("Inferno", "PET-Heat", "ColdToHotRainbow")
 """The colour tables tried, in this order, for an uncertainty volume (Slicer has Inferno; the Qt-free core, PET-Heat)."""
 END_TIMEOUT_S = 10.0
 """How long ending a process tree (or waiting for an ended process) may take before the job gives up on it."""
+ENGINE_MODULE = "HyperSpaceSegmentationLib.cli"
+WORKER_MODULE = "HyperSpaceSegmentationLib.worker"
+READY_PREFIX = "hyperspace-worker: ready "  # as worker.py writes them (not imported: worker.py needs no Slicer,
+END_PREFIX = "hyperspace-worker: end "  # but this file must import without the engine's packages)
 
 
 def temporary_folder() -> str:
@@ -213,15 +220,140 @@ def run_engine_batch(python: str, options: list[str], cases: dict[str, Path], ta
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _release(process: subprocess.Popen, folder: str, scene: Any, tag: Any) -> None:
-    """End what a job holds (see ``SegmentationJob``); runs once, also when the job is garbage collected."""
+def _release(held: dict, folder: str, scene: Any, tag: Any) -> None:
+    """End what a job holds (see ``SegmentationJob``); runs once, also when the job is garbage collected. ``held``:
+    the job's process, and whether it outlives the job (a warm engine's worker that finished the job)."""
     if scene is not None and tag is not None:
         try:
             scene.RemoveObserver(tag)
         except Exception:  # the scene is being torn down (Python exiting)
             pass
-    end_process_tree(process)
+    if not held["keep"]:
+        end_process_tree(held["process"])
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def _launch(command: list[str], folder: str) -> subprocess.Popen:
+    """Start the one-shot engine process ``command`` in ``folder``, its output (stderr too) read as UTF-8."""
+    import slicer.util
+
+    try:
+        process = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False,
+                                                   updateEnvironment=engine_environment(), cwd=folder)
+    except OSError as error:
+        raise _cannot_start(command[0], error) from None
+    if hasattr(process.stdout, "reconfigure"):
+        process.stdout.reconfigure(encoding="utf-8", errors="replace")  # nothing has been read yet
+    return process
+
+
+def _cannot_start(executable: str, error: OSError) -> UserError:
+    return UserError(f"cannot start {executable} ({error.strerror or error}): set the logic's pythonExecutable to a "
+                     "Python with the engine installed (PythonSlicer in Slicer)")
+
+
+class WarmEngine:
+    """The session's engine worker for one Python ``executable`` (``python -m HyperSpaceSegmentationLib.worker``):
+    started by the first job, it keeps the models and the networks generated for each spacing loaded and runs one job
+    at a time (a JSON line on its stdin; its output, the one-shot command's, then an end line). A reader thread puts
+    its output lines on ``lines``, which the running job polls, so nothing here ever waits on the worker.
+
+    ``stop()`` ends it (Cancel of its job kills its process tree; Slicer's exit and the logic's ``stop_engine`` stop
+    it); a worker that crashed or was killed is replaced by a fresh one at the next job. ``unavailable`` says why
+    this executable cannot run a worker (it did not start: an engine without ``worker.py``, a stand-in); its jobs then
+    run one process each. ``started`` counts the workers started."""
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+        self.process: subprocess.Popen | None = None
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.reader: threading.Thread | None = None
+        self.ready = False  # the worker has said it takes jobs
+        self.unavailable: str | None = None
+        self.started = 0
+        self._job: weakref.ref | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job still runs in the worker (another job then runs in a process of its own)."""
+        job = self._job() if self._job is not None else None
+        return job is not None and job.status == "running"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def submit(self, job: Any, arguments: list[str], folder: str) -> subprocess.Popen:
+        """Send the job with the command line's ``arguments`` (``segment ...``), run in ``folder``, to the worker,
+        starting one when none runs; returns the worker's process. A ``UserError`` when it cannot be started."""
+        line = json.dumps({"argv": arguments, "cwd": folder}) + "\n"
+        if not self.alive:
+            self._start()
+        if not self._send(line) and self.ready:  # a worker that died while idle: a fresh one
+            self._start()
+            self._send(line)  # a fresh one that ends at once is seen by the job (no ready line: a process of its own)
+        self._job = weakref.ref(job)
+        return self.process
+
+    def _send(self, line: str) -> bool:
+        try:
+            self.process.stdin.write(line)
+            self.process.stdin.flush()
+            return True
+        except (OSError, ValueError):  # its stdin is closed: it has ended
+            return False
+
+    def _start(self) -> None:
+        self.stop()
+        try:
+            self.process = subprocess.Popen(
+                [self.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env={**os.environ, **engine_environment()}, cwd=tempfile.gettempdir(),
+                encoding="utf-8", errors="replace", creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        except OSError as error:
+            raise _cannot_start(self.executable, error) from None
+        self.lines, self.ready = queue.Queue(), False
+        self.reader = threading.Thread(target=_pump, args=(self.process.stdout, self.lines), daemon=True)
+        self.reader.start()
+        self.started += 1
+
+    def stop(self, grace: float = 0.0) -> None:
+        """End the worker: close its stdin (it ends by itself when idle), wait ``grace`` seconds, then end its process
+        tree. Never blocks for ever."""
+        process, self.process, self.ready = self.process, None, False
+        if process is None:
+            return
+        try:
+            process.stdin.close()
+        except (OSError, ValueError):
+            pass
+        if grace > 0:
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        end_process_tree(process)
+        if self.reader is not None:
+            self.reader.join(timeout=1.0)
+
+
+_ENGINES: dict[str, WarmEngine] = {}
+
+
+def warm_engine(executable: str) -> WarmEngine:
+    """The session's warm engine for ``executable`` (one per executable, shared by every logic)."""
+    if executable not in _ENGINES:
+        _ENGINES[executable] = WarmEngine(executable)
+    return _ENGINES[executable]
+
+
+def stop_warm_engines(grace: float = 2.0) -> None:
+    """Stop every warm engine of this session (at Slicer's exit, see ``atexit``)."""
+    for engine in list(_ENGINES.values()):
+        engine.stop(grace)
+
+
+atexit.register(stop_warm_engines)
 
 
 def _pump(stream: Any, lines: queue.Queue) -> None:
@@ -250,13 +382,19 @@ class SegmentationJob:
     uncertainty volume node when done and asked for (``segment(..., uncertainty=True)``), else None; ``error`` the
     reason when failed. ``cancel()`` ends the process tree and removes the temporary folder: no node, no file is left.
     Closing the volume's scene cancels the job; a job dropped while running is cancelled when collected.
+
+    ``command`` is the one-shot engine command line (``PYTHON -m HyperSpaceSegmentationLib.cli segment ...``). With
+    ``engine`` (a ``WarmEngine``) the job runs in its worker instead, unless the worker is busy or unavailable;
+    ``process`` is then the worker's, cancelling the job kills it, and ``worker_report`` holds the worker's end report
+    (``models_loaded``: model files read for this job, 0 when all came from its cache). A worker that does not start
+    (``engine.unavailable``) makes the job run in a process of its own; one that stops during the job fails it.
     """
 
     def __init__(self, command: list[str], folder: str, output: str, volumeNode: Any,
-                 uncertainty: str | None = None) -> None:
+                 uncertainty: str | None = None, engine: WarmEngine | None = None) -> None:
         import slicer
-        import slicer.util
 
+        self.command = list(command)
         self.status = "running"
         self.progress = 0.0
         self.log: list[str] = []
@@ -267,23 +405,31 @@ class SegmentationJob:
         self._output = output
         self._uncertainty_file = uncertainty
         self._volumeNode = volumeNode
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        try:
-            self.process = slicer.util.launchConsoleProcess(command, useStartupEnvironment=False,
-                                                            updateEnvironment=engine_environment(), cwd=folder)
-        except OSError as error:
-            raise UserError(f"cannot start {command[0]} ({error.strerror or error}): set the logic's "
-                            "pythonExecutable to a Python with the engine installed (PythonSlicer in Slicer)") from None
-        stream = self.process.stdout
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(encoding="utf-8", errors="replace")  # nothing has been read yet
+        self.worker_report: dict | None = None
+        self._engine: WarmEngine | None = None
+        self._before_ready: list[str] = []  # a worker's lines before it said it is ready
+        warm = (engine is not None and engine.unavailable is None and not engine.busy
+                and self.command[1:3] == ["-m", ENGINE_MODULE])
+        if warm:
+            self.process = engine.submit(self, self.command[3:], folder)
+            self._engine, self._lines, self._reader, self._ready = engine, engine.lines, engine.reader, engine.ready
+        else:
+            self._start_process()
+        self._held = {"process": self.process, "keep": False}
         scene, tag = volumeNode.GetScene(), None
         if scene is not None:
             job_ref = weakref.ref(self)
             tag = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, lambda caller, event: _on_scene_close(job_ref))
-        self._release = weakref.finalize(self, _release, self.process, folder, scene, tag)
-        self._reader = threading.Thread(target=_pump, args=(stream, self._lines), daemon=True)
+        self._release = weakref.finalize(self, _release, self._held, folder, scene, tag)
+
+    def _start_process(self) -> None:
+        """Run the job in a one-shot engine process of its own."""
+        self.process = _launch(self.command, self.folder)
+        self._lines = queue.Queue()
+        self._reader = threading.Thread(target=_pump, args=(self.process.stdout, self._lines), daemon=True)
         self._reader.start()
+        if hasattr(self, "_held"):
+            self._held["process"] = self.process
 
     def poll(self) -> str:
         """Take in the output so far (never blocks); when the process has ended, load its result. Returns status."""
@@ -301,14 +447,57 @@ class SegmentationJob:
                     end_process_tree(self.process)
                     self.log.append(f"{ERROR_PREFIX}the engine process closed its output but did not end")
                     code = -1
-                self._finish(code)
+                if self._engine is not None and not self._ready:  # no worker here: a process of its own
+                    self._fall_back(code)
+                    continue
+                why = None
+                if self._engine is not None:
+                    last = self.log[-1] if self.log else "no output"
+                    why = (f"the engine worker stopped during the job (exit code {code}): {last}; the next run starts "
+                           "a new one")
+                    code = code or -1
+                self._finish(code, why)
                 break
+            if self._engine is not None:
+                if not self._ready:
+                    if line.startswith(READY_PREFIX):
+                        self._ready = self._engine.ready = True
+                        self.log.extend(self._before_ready)
+                    else:
+                        self._before_ready.append(line)
+                    continue
+                if line.startswith(END_PREFIX):
+                    self._end_of_worker_job(line[len(END_PREFIX):])
+                    break
             event = parse_progress_line(line)
             if event is not None:
                 self.progress = progress_fraction(event)
             elif line:
                 self.log.append(line)
         return self.status
+
+    def _fall_back(self, code: int) -> None:
+        """The warm engine did not start (an engine without ``worker.py``, or a stand-in): run this job, and the
+        executable's next ones, in a process of their own."""
+        reason = self._before_ready[-1] if self._before_ready else f"exit code {code}"
+        self._engine.unavailable = reason
+        self._engine = None
+        self.log.append(f"the warm engine did not start ({reason}): each run starts its own engine process")
+        try:
+            self._start_process()
+        except UserError as error:
+            self._finish(-1, str(error))
+
+    def _end_of_worker_job(self, text: str) -> None:
+        try:
+            report = json.loads(text)
+            code = int(report["exit_code"])
+        except (ValueError, KeyError, TypeError):
+            report, code = {"exit_code": -1, "message": f"unreadable end line: {text}"}, -1
+        self.worker_report = report
+        self._held["keep"] = True  # the worker lives on for the next job
+        message = report.get("message")
+        self._finish(code, f"segmentation failed (exit code {code}): {message}" if message else None)
 
     def wait(self, timeout: float | None = None) -> Any:
         """Poll until the job ends (Slicer's window stays responsive) and return the segmentation node; raise
@@ -344,13 +533,14 @@ class SegmentationJob:
     def _user_error(self) -> bool:
         return any(line.startswith(ERROR_PREFIX) for line in self.log)
 
-    def _finish(self, code: int) -> None:
+    def _finish(self, code: int, why: str | None = None) -> None:
+        """End the job: load its result (``code`` 0), else fail with the engine's one-line error, or ``why``."""
         loaded: list[Any] = []
         try:
             if code != 0:
                 errors = [line[len(ERROR_PREFIX):] for line in self.log if line.startswith(ERROR_PREFIX)]
                 last = self.log[-1] if self.log else "no output"
-                self.error = errors[-1] if errors else f"segmentation process failed (exit code {code}): {last}"
+                self.error = errors[-1] if errors else why or f"segmentation process failed (exit code {code}): {last}"
                 self.status = "failed"
                 return
             scene = self._volumeNode.GetScene()

@@ -3,7 +3,8 @@
 
 ``segment`` writes the volume to a temporary file (its own grid; a parent transform is not hardened: the result
 goes under the same transform), runs ``hyperspace segment`` in a background process (``pythonExecutable``:
-PythonSlicer in Slicer; the job's life cycle is in ``mrml_job``) and reads the ``.seg.nrrd`` it writes into a new
+PythonSlicer in Slicer; by default the session's warm engine, a worker that keeps models and networks loaded between
+runs; the job's life cycle is in ``mrml_job``) and reads the ``.seg.nrrd`` it writes into a new
 segmentation node; in 2D mode, slice by slice across one of the volume's IJK axes, or only the slice a slice view
 shows (``slice_in_view``). ``evaluate`` scores two segmentation nodes with the engine's metrics into a table node;
 ``largest_disagreement_slice`` moves a slice view to where they differ most; every call leaves the scene with only
@@ -28,7 +29,7 @@ import numpy as np
 from .errors import UserError
 from .mrml_job import (  # noqa: F401  (the job and its names, re-exported: imports from mrml_logic keep working)
     ENGINE_PARENT, ERROR_PREFIX, HEAT_MAP_COLORS, UNCERTAINTY_REFERENCE_ROLE, GpuProbe, SegmentationJob,
-    temporary_folder,
+    temporary_folder, warm_engine,
 )
 
 VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")  # what segment_folder reads
@@ -93,9 +94,18 @@ class HyperSpaceMRMLLogic:
 
     def __init__(self) -> None:
         self.pythonExecutable = python_slicer_executable() or sys.executable  # PythonSlicer inside Slicer
+        self.warmEngine = True  # segment() in the session's engine worker; False: one engine process per run
         self._models: dict[str, Any] = {}
         self._grids: dict[tuple, Any] = {}
         self._gpu: GpuProbe | None = None  # asks about the GPU in a separate process (estimate)
+
+    def engine(self) -> Any:
+        """The session's warm engine for ``pythonExecutable`` (``mrml_job.WarmEngine``; shared by every logic)."""
+        return warm_engine(self.pythonExecutable)
+
+    def stop_engine(self) -> None:
+        """End the warm engine's worker (the next ``segment`` starts a new one); Slicer's exit does it too."""
+        self.engine().stop(grace=2.0)
 
     def segment_folder(self, inputFolder: str | os.PathLike, outputFolder: str | os.PathLike,
                        spacing: str | float | Sequence[float | str] = "native",
@@ -341,7 +351,8 @@ class HyperSpaceMRMLLogic:
                 command += ["--uncertainty", uncertainty_file]
             if mask is not None:
                 command += ["--mask", _write_mask(mask, volumeNode, os.path.join(folder, "mask.nrrd"))]
-            job = SegmentationJob(command + extra, folder, output, volumeNode, uncertainty_file)
+            job = SegmentationJob(command + extra, folder, output, volumeNode, uncertainty_file,
+                                  engine=self.engine() if self.warmEngine else None)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
