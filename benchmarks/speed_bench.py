@@ -14,6 +14,14 @@ On the MNI152 T1 template at 1 mm (197x233x189) with the embedded 3D model it pr
    goal's ratio, end-to-end time / (multiply-adds / plain-conv rate); and the share of the fixed costs
    (resampling both ways and the labels) in the total at 3 mm;
 5. Dice per class of both window choices inside the held-out band (axial slices 100-125) and on the whole brain.
+
+``--fixed-costs [--repeats N]`` instead times the stages in this process (no start-up), N times at 3, 2 and 1 mm:
+reading the image, resampling to the working grid, the prediction, bringing the result back to the input's grid,
+the labels, and writing them (``.nrrd``, as the other runs here), for the labels alone (``Segmenter.segment``) and
+for the class probabilities on the input's grid followed by their labels (``Segmenter.probabilities``, what
+``--probabilities`` and ``--uncertainty`` need); the median of each stage and the share of everything but the
+prediction in the sum. It runs on any version of the engine that has those two methods (the labels stage is the
+rest of the call), such as an export of an earlier commit (run its own copy of this script there).
 """
 
 from __future__ import annotations
@@ -117,14 +125,71 @@ def profile(network: torch.nn.Module, x: torch.Tensor) -> None:
               f"{seconds:.2f} | {2 * macs / seconds / 1e9:.1f} |")
 
 
+def fixed_costs(device: str, repeats: int) -> None:
+    """Stage times in this process at 3, 2 and 1 mm on the 1 mm template; see the module's description."""
+    from HyperSpaceSegmentationLib.inference.segmenter import labels_from_probabilities
+    from HyperSpaceSegmentationLib.io.images import write_labels
+    from HyperSpaceSegmentationLib.progress import Reporter
+
+    t1, _ = tissue_map()
+    model = load_model(DEFAULT_MODEL)
+    segmenter = Segmenter(model, device=device)
+    folder = tempfile.TemporaryDirectory()
+    source = Path(folder.name) / "t1.nrrd"
+    sitk.WriteImage(t1, str(source))
+    names = ("load", "resample", "predict", "restore", "labels", "write")
+
+    def run_once(spacing: float, path: str) -> dict[str, float]:
+        start = time.perf_counter()
+        image = sitk.ReadImage(str(source))
+        seconds = {"load": time.perf_counter() - start}
+        reporter = Reporter(3, quiet=True)
+        start = time.perf_counter()
+        if path == "labels":
+            labels = segmenter.segment(image, (spacing,) * 3, reporter)
+        else:
+            probabilities = segmenter.probabilities(image, (spacing,) * 3, reporter)
+            labels = labels_from_probabilities(probabilities, sorted(model.labels), image)
+        call = time.perf_counter() - start
+        for record in reporter.records:
+            seconds[record.name.split()[0]] = record.seconds
+        seconds["labels"] = call - sum(seconds.get(n, 0.0) for n in ("resample", "predict", "restore"))
+        start = time.perf_counter()
+        write_labels(labels, Path(folder.name) / "labels.nrrd", model.labels, model.colors, overwrite=True)
+        seconds["write"] = time.perf_counter() - start
+        return seconds
+
+    segmenter.segment(t1, (2.7,) * 3, Reporter(3, quiet=True))  # warm-up at a spacing not measured
+    print(f"device: {device}; threads: {torch.get_num_threads()}; {repeats} runs each, medians")
+    print("| path | spacing (mm) | " + " | ".join(f"{n} (s)" for n in names) + " | sum (s) | all but predict / sum "
+          "| range over the runs |")
+    print("|---|---|" + "---|" * (len(names) + 3))
+    for path in ("labels", "probabilities"):
+        for spacing in (3.0, 2.0, 1.0):
+            runs = [run_once(spacing, path) for _ in range(repeats)]
+            median = {n: float(np.median([r.get(n, 0.0) for r in runs])) for n in names}
+            shares = [1 - r["predict"] / sum(r.get(n, 0.0) for n in names) for r in runs]
+            total = sum(median.values())
+            print(f"| {path} | {spacing:g} | " + " | ".join(f"{median[n]:.3f}" for n in names) + f" | {total:.2f} | "
+                  f"{1 - median['predict'] / total:.2f} | {min(shares):.2f}-{max(shares):.2f} |", flush=True)
+    folder.cleanup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fixed-costs", action="store_true",
+                        help="only the stage times in this process at 3, 2 and 1 mm, and the share of all but the "
+                             "prediction (issue 18)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per spacing and path with --fixed-costs")
     parser.add_argument("--skip-windows", action="store_true", help="skip the slow --patch 128 runs")
     parser.add_argument("--profile", action="store_true",
                         help="only steps 1-3, then where the channels-last pass spends its time, per operator and per "
                              "convolution layer")
     args = parser.parse_args()
+    if args.fixed_costs:
+        fixed_costs(args.device, args.repeats)
+        return
     device = torch.device(args.device)
     t1, tissue = tissue_map()
     segmenter = Segmenter(load_model(DEFAULT_MODEL), device=args.device)

@@ -477,7 +477,7 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
     """Segment one case, the image ``name`` that ``read()`` returns (see ``_read_scan``), into ``output`` (and the
     maps of ``maps``: ``{option: file or None}``); the summary that ``--json`` prints."""
     from .evaluation.labels import read_mask
-    from .inference import Slices, labels_from_probabilities, normalised_entropy
+    from .inference import Slices, labels_from_probabilities, labels_on_input_grid, normalised_entropy
     from .io.images import check_picture_output, write_labels, write_probabilities, write_uncertainty
     from .postprocessing import postprocess, resolve_steps
 
@@ -512,13 +512,17 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
         of = f" of {path}" if len(paths) > 1 else ""
         reporter.log(f"working spacing{of}: {' x '.join(f'{s:.3g}' for s in choice.spacing)} mm{where} "
                      f"(estimated memory need {memory:,.0f} MB)")
-    probabilities = segmenter.probabilities(scan, choices[0].spacing, reporter, mask)
-    for other, choice in zip(segmenters[1:], choices[1:]):  # an ensemble's mean, on the input grid
-        probabilities += other.probabilities(scan, choice.spacing, reporter, mask)
-    with reporter.stage("labels"):
-        probabilities /= len(segmenters)
-        # on the input's own header, whatever spacing was used for the work
-        labels = labels_from_probabilities(probabilities, sorted(model.labels), image)
+    if maps["--probabilities"] is None and maps["--uncertainty"] is None:  # labels only: interpolate where it matters
+        parts = [s.working_probabilities(scan, c.spacing, reporter, mask) for s, c in zip(segmenters, choices)]
+        labels = labels_on_input_grid(parts, sorted(model.labels), image, reporter, mask)
+    else:
+        probabilities = segmenter.probabilities(scan, choices[0].spacing, reporter, mask)
+        for other, choice in zip(segmenters[1:], choices[1:]):  # an ensemble's mean, on the input grid
+            probabilities += other.probabilities(scan, choice.spacing, reporter, mask)
+        with reporter.stage("labels"):
+            probabilities /= len(segmenters)
+            # on the input's own header, whatever spacing was used for the work
+            labels = labels_from_probabilities(probabilities, sorted(model.labels), image)
     applied = []
     if steps:
         with reporter.stage("postprocess"):

@@ -8,6 +8,7 @@ voxel count), so a result brought back to the input grid lies exactly where the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -83,19 +84,85 @@ def gaussian_kernel(variance: float, maximum_error: float = 0.01, maximum_width:
     return kernel / kernel.sum()
 
 
+@dataclass(frozen=True)
+class AxisTable:
+    """Linear interpolation along one array axis (``along_axis``), such as from a working grid back to the input's:
+    of ``size`` output indices, ``[start, start + len(low))`` lie in the box that the source axis covers; index
+    ``start + n`` reads source indices ``low[n]`` and ``high[n]`` with weights ``w_low[n]`` and ``w_high[n]``.
+    ``identity``: the source axis has the box's voxels (no arithmetic; ``low`` alone is read)."""
+
+    size: int
+    start: int
+    low: np.ndarray
+    high: np.ndarray
+    w_low: np.ndarray
+    w_high: np.ndarray
+    identity: bool
+
+    @property
+    def inner(self) -> slice:
+        return slice(self.start, self.start + len(self.low))
+
+
+def axis_table(working: int, box_low: int, box_size: int, size: int, flipped: bool) -> AxisTable:
+    """The table of an output axis of ``size`` voxels, of which the box ``[box_low, box_low + box_size)`` (which
+    may reach beyond them) is covered by a source axis of ``working`` voxels (outer edges coincide, as on
+    ``working_grid``; beyond the outermost centres the edge voxel is repeated); ``flipped``: output index ``n`` is
+    index ``size - 1 - n`` of the axis the box lies on."""
+    first, last = max(box_low, 0), min(box_low + box_size, size)
+    within = (np.arange(first, last) - box_low).astype(np.float32)  # box indices of the voxels inside the box
+    # the source coordinate (align_corners=False) in float32, as torch's linear interpolation computes it
+    scale = np.float32(working) / np.float32(box_size)
+    source = np.maximum(scale * (within + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    low = np.minimum(source.astype(np.int64), working - 1)
+    high = np.minimum(low + 1, working - 1)
+    fraction = source - low.astype(np.float32)
+    if flipped:
+        low, high, fraction = low[::-1].copy(), high[::-1].copy(), fraction[::-1].copy()
+        first = size - last
+    return AxisTable(size, int(first), low, high, np.float32(1) - fraction, fraction, working == box_size)
+
+
+def along_axis(values: np.ndarray, axis: int, table: AxisTable) -> np.ndarray:
+    """``values`` interpolated along ``axis`` by ``table`` (its box part): each neighbour times its weight, then
+    the two added, in float32 (``inference.restore.Restorable.at`` repeats it voxel by voxel along the first axis)."""
+    if table.identity:
+        low, where = table.low, [slice(None)] * values.ndim
+        if len(low) > 1 and (np.diff(low) == low[1] - low[0]).all() and abs(low[1] - low[0]) == 1:  # a view
+            step = int(low[1] - low[0])
+            where[axis] = slice(int(low[0]), int(low[-1]) + step if int(low[-1]) + step >= 0 else None, step)
+            return values[tuple(where)]
+        return np.take(values, low, axis=axis)
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    first = np.take(values, table.low, axis=axis)
+    first *= table.w_low.reshape(shape)
+    second = np.take(values, table.high, axis=axis)
+    second *= table.w_high.reshape(shape)
+    first += second
+    return first
+
+
 def resample_array(array: torch.Tensor, shape: Sequence[int], sigmas: Sequence[float] | None = None) -> torch.Tensor:
     """``array`` (its last ``len(shape)`` axes spatial, any leading ones such as classes) linearly resampled to
     ``shape`` voxels over the same box (outer edges coincide, as on ``working_grid``), after a discrete Gaussian
-    of ``sigmas`` voxels per axis (``gaussian_kernel``; anti-aliasing, on the CPU). Beyond the axis ends the edge
-    voxel is repeated for both (ITK's zero-flux boundary; no value from outside). On ``array``'s device."""
+    of ``sigmas`` voxels per axis (``gaussian_kernel``; anti-aliasing, on the CPU, axis by axis with ``along_axis``).
+    Beyond the axis ends the edge voxel is repeated for both (ITK's zero-flux boundary; no value from outside). On
+    ``array``'s device."""
     spatial = len(shape)
     if sigmas and max(sigmas) >= 0.05:
-        smoothed = array.numpy().astype(np.float32, copy=True)
-        for axis, sigma in enumerate(sigmas, start=array.ndim - spatial):
-            if sigma >= 0.05:
-                scipy.ndimage.correlate1d(smoothed, gaussian_kernel(sigma ** 2), axis=axis, output=smoothed,
-                                          mode="nearest")
-        array = torch.from_numpy(smoothed)
+        # one axis at a time, smoothed then resized (linear operations along different axes commute), the axis that
+        # shrinks most first: each later axis reads only what the earlier ones left, not the whole input again
+        values, lead = array.numpy(), array.ndim - spatial
+        for axis in sorted(range(spatial), key=lambda a: (shape[a] / array.shape[lead + a], -a)):
+            if sigmas[axis] >= 0.05:
+                values = scipy.ndimage.correlate1d(values, gaussian_kernel(sigmas[axis] ** 2), axis=lead + axis,
+                                                   output=np.float32, mode="nearest")
+            if values.shape[lead + axis] != shape[axis]:
+                size = int(shape[axis])
+                values = along_axis(values.astype(np.float32, copy=False), lead + axis,
+                                    axis_table(values.shape[lead + axis], 0, size, size, False))
+        return torch.from_numpy(np.ascontiguousarray(values, np.float32))
     if tuple(shape) == tuple(array.shape[-spatial:]):
         return array
     mode = ("linear", "bilinear", "trilinear")[spatial - 1]
@@ -131,13 +198,20 @@ def permuted_back(array: np.ndarray, permuted: sitk.Image, image: sitk.Image) ->
     """``array`` (leading axes, then the spatial axes of ``permuted`` in array order) with its spatial axes
     permuted and flipped onto those of ``image``, of which ``permuted`` is a copy with axes permuted and flipped
     (such as ``canonical(image)``); no resampling."""
+    axes = array_axes_from(permuted, image)
+    lead = array.ndim - len(axes)
+    flipped = np.flip(array, [lead + axis for axis, flip in axes if flip])
+    return np.transpose(flipped, list(range(lead)) + [lead + axis for axis, _ in axes])
+
+
+def array_axes_from(permuted: sitk.Image, image: sitk.Image) -> list[tuple[int, bool]]:
+    """For each array axis of ``image`` (k, j, i), the array axis of ``permuted`` (a copy of ``image`` with axes
+    permuted and flipped, such as ``canonical(image)``) that holds it and whether it runs the other way."""
     dim = image.GetDimension()
     cosines = np.reshape(image.GetDirection(), (dim, dim)).T @ np.reshape(permuted.GetDirection(), (dim, dim))
-    lead = array.ndim - dim
     # axis a of image (x, y, z) is axis source[a] of permuted; array axes run in reverse (z, y, x)
     source = [int(np.argmax(np.abs(cosines[a]))) for a in range(dim)]
-    flipped = np.flip(array, [lead + dim - 1 - source[a] for a in range(dim) if cosines[a, source[a]] < 0])
-    return np.transpose(flipped, list(range(lead)) + [lead + dim - 1 - source[dim - 1 - i] for i in range(dim)])
+    return [(dim - 1 - source[dim - 1 - i], bool(cosines[dim - 1 - i, source[dim - 1 - i]] < 0)) for i in range(dim)]
 
 
 def resample_labels(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:

@@ -14,6 +14,7 @@ through one network, generated for the in-plane working spacing. A 2D image is a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -28,13 +29,16 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..geometry import canonical, grid_size, permuted_back, resample_array, resample_to_spacing
+from ..geometry import array_axes_from, axis_table, canonical, grid_size, resample_to_spacing
 from ..io.images import check_spacing
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet, UNet
 from ..progress import Reporter
 from ..system import available_memory_mb, resolve_device
-from .cropping import foreground_region
+from .cropping import Region, foreground_region
+from .restore import Restorable
+from .restore import labels as restored_labels
+from .restore import most_likely as most_likely_class
 from .sliding_window import count_windows, patch_size_for, predict_probabilities
 
 MEMORY_SHARE = 0.8  # without --max-memory, windows may take this share of the memory available on the device
@@ -452,9 +456,12 @@ class Segmenter:
         return None
 
     # segmentation ---------------------------------------------------------------------------------
-    def segment(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter) -> sitk.Image:
-        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing`` (see ``probabilities``)."""
-        return labels_from_probabilities(self.probabilities(image, spacing, reporter), sorted(self.model.labels), image)
+    def segment(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter,
+                mask: np.ndarray | None = None) -> sitk.Image:
+        """Labels (uint8) on exactly the grid of ``image``, predicted at ``spacing``: the most likely class of
+        ``probabilities`` (the same labels, bit for bit), interpolated only where it can change (``restore``)."""
+        parts = [self.working_probabilities(image, spacing, reporter, mask)]
+        return labels_on_input_grid(parts, sorted(self.model.labels), image, reporter, mask)
 
     def probabilities(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter,
                       mask: np.ndarray | None = None) -> np.ndarray:
@@ -463,6 +470,16 @@ class Segmenter:
         axes: x, y, z, or a 2D model's slice plane's two). Voxels not segmented (other slices than ``--slice``, or
         outside ``mask``, a boolean array of ``image``'s shape) are background with certainty. A 3D model predicts
         on the box around what is not background (``cropping``)."""
+        restorable = self.working_probabilities(image, spacing, reporter, mask)
+        with reporter.stage("restore input grid"):
+            return _masked(restorable.probabilities(), mask)
+
+    def working_probabilities(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter,
+                              mask: np.ndarray | None = None) -> Restorable:
+        """The class probabilities of ``image`` on the working grid at ``spacing`` (see ``probabilities``; a 3D
+        model's box lies around what is not background within ``mask``), with what brings them back onto the
+        grid of ``image``: ``Restorable.probabilities()`` there (``mask`` not yet applied), or the labels
+        (``labels_on_input_grid``, which takes an ensemble's members and the mask)."""
         source, oriented, slice_axis = self._network_input(image)
         item_axis = None if slice_axis is None else 2 - slice_axis  # the slices' array axis (k, j, i order)
         outside = self.model.normalisation.outside_value
@@ -502,14 +519,11 @@ class Segmenter:
                 else:
                     batched[start:start + batch] = result.cpu().numpy()
         probabilities = batched[0] if item_axis is None else np.moveaxis(batched, 0, item_axis + 1)
-        with reporter.stage("restore input grid"):
-            if region is not None:
-                on_box = resample_array(torch.from_numpy(probabilities), target.GetSize()[::-1]).numpy()
-                whole = np.ascontiguousarray(permuted_back(region.put(on_box, oriented.GetSize()[::-1]), oriented,
-                                                           source))
-            else:
-                whole = on_input_grid(probabilities, oriented, source)
-            return _masked(self._on_input_grid(whole, image), mask)
+        plane, slice_at = image.GetDimension() == 2, None
+        if not plane and self.model.dim == 2 and self.slices.index is not None:
+            slices = self.slices.resolved(image)
+            slice_at = (2 - slices.axis, slices.index)
+        return restorable(probabilities, oriented, source, region, plane, slice_at, tuple(image.GetSize()[::-1]))
 
     def _network_input(self, image: sitk.Image) -> tuple[sitk.Image, sitk.Image, int | None]:
         """``(source, oriented, slice axis)``: the part of ``image`` segmented, as a volume (a 2D image is a volume
@@ -537,38 +551,53 @@ class Segmenter:
             target[...] = apply(source)
         return normalised
 
-    def _on_input_grid(self, probabilities: np.ndarray, image: sitk.Image) -> np.ndarray:
-        """``probabilities`` (classes first) of the part segmented (see ``_network_input``) on the grid of ``image``:
-        a 2D image's one plane; with a slice index, a volume whose every other slice is background."""
-        if image.GetDimension() == 2:
-            return probabilities[:, 0]
-        if self.model.dim == 3 or self.slices.index is None:
-            return probabilities
-        slices = self.slices.resolved(image)
-        whole = np.zeros((len(probabilities), *image.GetSize()[::-1]), np.float32)
-        whole[0] = 1.0
-        item_axis = 3 - slices.axis  # classes come first
-        _by_item(whole, item_axis)[slices.index] = _by_item(probabilities, item_axis)[0]
-        return whole
+
+
+def restorable(probabilities: np.ndarray, oriented: sitk.Image, source: sitk.Image, region: Region | None = None,
+               plane: bool = False, slice_at: tuple[int, int] | None = None,
+               image_shape: tuple[int, ...] | None = None) -> Restorable:
+    """Class probabilities ``(classes, *working shape)`` on the working grid (any spacing; see
+    ``geometry.working_grid``) of ``oriented`` (``canonical(source)``), or of the box ``region`` of its array,
+    ready to go back onto the grid of ``source`` (``restore.Restorable``; ``plane``, ``slice_at`` and
+    ``image_shape`` say where ``source`` lies in the image, as there)."""
+    shape = oriented.GetSize()[::-1]
+    low, box = (region.low, region.shape) if region is not None else ((0,) * len(shape), shape)
+    axes = array_axes_from(oriented, source)
+    tables = tuple(axis_table(probabilities.shape[1 + axis], low[axis], box[axis], shape[axis], flipped)
+                   for axis, flipped in axes)
+    values = np.ascontiguousarray(np.transpose(probabilities, [0] + [1 + axis for axis, _ in axes]), np.float32)
+    return Restorable(values, tables, plane, slice_at, image_shape)
 
 
 def on_input_grid(probabilities: np.ndarray, oriented: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """Class probabilities ``(classes, *working shape)`` on a working grid of ``oriented`` (any spacing; see
     ``geometry.working_grid``), ``reference`` with axes permuted and flipped such as ``canonical(reference)``,
     resampled linearly onto the grid of ``reference``: ``(classes, *reference shape)``, float32."""
-    resampled = resample_array(torch.from_numpy(probabilities), oriented.GetSize()[::-1]).numpy()
-    return np.ascontiguousarray(permuted_back(resampled, oriented, reference))
+    return restorable(probabilities, oriented, reference).probabilities()
+
+
+def labels_on_input_grid(parts: Sequence[Restorable], values: Sequence[int], reference: sitk.Image,
+                         reporter: Reporter | None = None, mask: np.ndarray | None = None) -> sitk.Image:
+    """The labels of the mean of ``parts``' probabilities (``Segmenter.working_probabilities``: one model's, or an
+    ensemble's members' in order) on ``reference``'s grid, background outside ``mask``: the same, bit for bit, as
+    ``labels_from_probabilities`` of the mean of their ``probabilities`` (summed in order, then divided by their
+    number), with the interpolation done only where it can change the label (``restore``)."""
+    with reporter.stage("restore input grid") if reporter is not None else contextlib.nullcontext():
+        most_likely = restored_labels(parts, mask)
+    with reporter.stage("labels") if reporter is not None else contextlib.nullcontext():
+        return _label_image(most_likely, values, reference)
 
 
 def labels_from_probabilities(probabilities: np.ndarray, values: Sequence[int], reference: sitk.Image) -> sitk.Image:
     """The label value (``values[c]`` for class ``c``) of the most likely class at each voxel, on ``reference``'s
     grid (ties: the lowest value)."""
-    best, most_likely = probabilities[0].copy(), np.zeros(probabilities.shape[1:], np.uint8)
-    for index, channel in enumerate(probabilities[1:], start=1):  # faster than argmax over the first axis
-        higher = channel > best
-        most_likely[higher] = index
-        np.maximum(best, channel, out=best)
-    labels = sitk.GetImageFromArray(np.asarray(values, np.uint8)[most_likely])
+    return _label_image(most_likely_class(probabilities), values, reference)
+
+
+def _label_image(most_likely: np.ndarray, values: Sequence[int], reference: sitk.Image) -> sitk.Image:
+    """The label values of class indices ``most_likely`` as an image on ``reference``'s grid."""
+    same = list(values) == list(range(len(values)))  # class c is label c: no look-up
+    labels = sitk.GetImageFromArray(most_likely if same else np.asarray(values, np.uint8)[most_likely])
     labels.CopyInformation(reference)
     return labels
 
