@@ -210,3 +210,17 @@ def test_the_batch_summary_has_one_line_end_per_line_on_windows(tmp_path, window
     assert b"\r" not in data and data.count(b"\n") == 3
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     assert [(r["id"], r["status"]) for r in rows] == [("café", "ok"), ("海马", "failed")]
+
+
+def test_a_seg_nrrd_segment_without_its_label_value_is_a_one_line_error(tmp_path):
+    """A foreign .seg.nrrd whose header lists a segment without ``Segment0_LabelValue``."""
+    from HyperSpaceSegmentationLib.errors import UserError
+
+    path = write_labels(two_labels(), tmp_path / "labels.seg.nrrd", {0: "background", 1: "shell", 2: "core"})
+    data = path.read_bytes()
+    header, voxels = data.split(b"\n\n", 1)
+    kept = [line for line in header.split(b"\n") if not line.startswith(b"Segment0_LabelValue:=")]
+    assert len(kept) == header.count(b"\n")  # exactly one line went
+    path.write_bytes(b"\n".join(kept) + b"\n\n" + voxels)
+    with pytest.raises(UserError, match=r"segment 0 has no labelValue .*Segment0_LabelValue"):
+        read_segmentation(path)

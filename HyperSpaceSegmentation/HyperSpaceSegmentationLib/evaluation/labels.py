@@ -109,7 +109,11 @@ def _read_seg_nrrd(path: Path) -> Segmentation:
     utf8 = _segment_names(path)
     if [read for read, _ in utf8] == [segment["name"] for segment in listed]:
         listed = [{**segment, "name": name} for segment, (_, name) in zip(listed, utf8)]
-    for segment in listed:
+    for index, segment in enumerate(listed):
+        missing = [key for key in ("name", "labelValue") if segment.get(key) in (None, "")]
+        if missing:
+            raise UserError(f"{path}: segment {index} has no {' and no '.join(missing)} in its header (Segment{index}_"
+                            f"{'LabelValue' if 'labelValue' in missing else 'Name'}): save it again from Slicer")
         mask = slicerio.segment_mask(segmentation, segment).transpose(2, 1, 0)
         segments[segment["name"]] = mask
         values[mask] = int(segment["labelValue"])
