@@ -155,7 +155,7 @@ otherwise), patches of {training['config']['patch']}^3 voxels, batch {training['
 (learning rate {training['config']['learning_rate']}, polynomial decay), Dice + cross-entropy, {training['iterations']}
 iterations ({training['seconds'] / 60:.0f} min on {training['device']}, {training.get('machine', 'see BENCHMARKS')}).
 {recipe_notes(training, "samples")} MR normalisation version {training.get('normalisation_version', 2)}: background 0, the 95th
-percentile of Otsu's foreground 1 (see the README).
+percentile of Otsu's foreground 1 (see docs/training.md).
 
 **Data**: the MNI ICBM152 2009a nonlinear symmetric template (one averaged brain, 1 mm), as shipped in nilearn.
 Labels: the most likely of (1 - GM - WM, GM, WM) inside the T1 brain mask. Axial slices {VALIDATION_BAND[0]}-{VALIDATION_BAND[1] - 1}
@@ -194,7 +194,7 @@ def recipe_notes(training: dict, what: str) -> str:
     return (started + f" {share:.0%} of the {what} are synthesised from the tissue map (`\"synthetic\"` in the dataset "
                       "JSON: a random contrast per label or the template's own intensities, a head of random layers "
                       "around the brain - skull, diploe, scalp, fat, muscle, eyes, neck, air - or a stripped brain with "
-                      "or without a halo, bias field, gamma, noise, cut fields of view; README, Train).").strip()
+                      "or without a halo, bias field, gamma, noise, cut fields of view; docs/training.md).").strip()
 
 
 def main() -> None:

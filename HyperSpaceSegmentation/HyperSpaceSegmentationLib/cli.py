@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train a model on your own data (CPU, GPU, or several with torchrun)",
-        description="Train HyperSpace or a baseline on a dataset JSON (see README). For several processes or GPUs: "
+        description="Train HyperSpace or a baseline on a dataset JSON (see docs/training.md). For several processes or GPUs: "
                     "torchrun --nproc_per_node N $(which hyperspace) train ...",
     )
     train.add_argument("dataset", nargs="?",

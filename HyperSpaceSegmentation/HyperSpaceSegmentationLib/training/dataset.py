@@ -79,10 +79,10 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
         kind = {list: "list", str: "string", bool: "true or false", type(None): "null"}.get(type(spec), "number")
         raise UserError(f"dataset file {path} holds a JSON {kind}, not an "
                         "object: the dataset is one object with 'modality', 'labels' and 'training' (a list of cases "
-                        "goes in 'training'); see the README for the format")
+                        "goes in 'training'); see docs/training.md for the format")
     for key in ("modality", "labels", "training"):
         if key not in spec:
-            raise UserError(f"dataset file {path} has no {key!r} entry: see the README for the format")
+            raise UserError(f"dataset file {path} has no {key!r} entry: see docs/training.md for the format")
     try:
         labels = {int(k): str(v) for k, v in spec["labels"].items()}
     except (AttributeError, ValueError):
