@@ -249,7 +249,9 @@ def test_segmentation_of_the_trained_phantom_model_is_correct(dataset_json, tmp_
 
     from conftest import phantom
 
-    config = TrainConfig(dataset=str(dataset_json), output=str(tmp_path / "run"), iterations=150,
+    # 300 steps: at 150 the core's Dice at 2 mm (a few voxels across) ranged 0.65-0.90 with the thread count and
+    # the float order of the resampling; at 300 it is 0.86-0.95
+    config = TrainConfig(dataset=str(dataset_json), output=str(tmp_path / "run"), iterations=300,
                          learning_rate=5e-3, augment=False, spacing_min=0.8, spacing_max=2.5, **SMALL)
     segmenter = Segmenter(load_model(train(config, quiet=True)), device="cpu", patch=32)
     image, labels = phantom(size=(48, 44, 40), spacing=(0.9, 0.9, 1.2), seed=5)
