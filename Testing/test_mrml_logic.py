@@ -455,7 +455,7 @@ def test_segment_folder_runs_one_engine_batch_and_reports_each_case(scene, logic
 
     starts = tmp_path / "starts.txt"
     launcher = tmp_path / "PythonSlicer"
-    launcher.write_text(f'#!/bin/sh\necho started >> "{starts}"\nexec "{sys.executable}" "$@"\n')
+    launcher.write_text(f'#!/bin/sh\necho started >> "{starts}"\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
     launcher.chmod(0o755)
     logic.pythonExecutable = str(launcher)
     scans, output = tmp_path / "scans", tmp_path / "out"
@@ -466,7 +466,7 @@ def test_segment_folder_runs_one_engine_batch_and_reports_each_case(scene, logic
     sitk.WriteImage(vector, str(scans / "two echoes.nrrd"))
     lines = []
     result = logic.segment_folder(scans, output, "native", model_file, "cpu", log=lines.append)
-    assert starts.read_text().splitlines() == ["started"]  # one engine process for the four cases
+    assert starts.read_text(encoding="utf-8").splitlines() == ["started"]  # one engine process for the four cases
     assert result.done == ["a", "b", "c"] and list(result.failed) == ["two echoes"] and result.exit_code == 1
     assert result.failed["two echoes"].endswith("two echoes.nrrd has 2 components per voxel: give a single-channel "
                                                 "(scalar) image")  # the engine's reason, from its summary
