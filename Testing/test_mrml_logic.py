@@ -240,22 +240,28 @@ def test_evaluate_table_equals_the_command_line_and_saves_units(scene, logic, tm
     assert reread.GetTable().GetColumnByName("dice").GetValue(1) == pytest.approx(expected["ball_dice"], rel=1e-6)
 
 
+def review_nodes(scene, tmp_path, image, labels, predicted):
+    """``image``'s volume node, the reference (``labels``) and the prediction (the array ``predicted`` on its grid) as
+    its segmentation nodes, read from .seg.nrrd files, and an axial slice node."""
+    prediction = sitk.GetImageFromArray(predicted)
+    prediction.CopyInformation(labels)
+    write_labels(labels, tmp_path / "reference.seg.nrrd", NAMES)
+    write_labels(prediction, tmp_path / "prediction.seg.nrrd", NAMES)
+    volume = volume_node(image)
+    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    assert slice_node.SetOrientation("Axial")
+    return (volume, segmentation_node(tmp_path / "reference.seg.nrrd", volume),
+            segmentation_node(tmp_path / "prediction.seg.nrrd", volume), slice_node)
+
+
 def test_largest_disagreement_moves_the_slice_node(scene, logic, tmp_path):
     origin, spacing = (10.0, -20.0, 5.0), (1.5, 1.0, 2.5)
     image, labels = asymmetric_phantom(size=(20, 18, 14), spacing=spacing, origin=origin)
     predicted = sitk.GetArrayFromImage(labels)
     predicted[4, 2:8, 14:19] = 7  # 30 wrong voxels on slice k=4, around (i, j) = (16, 4.5)
     predicted[9, 15:17, 1:7] = 7  # 12 on slice k=9, around (3.5, 15.5)
-    prediction = sitk.GetImageFromArray(predicted)
-    prediction.CopyInformation(labels)
-    write_labels(labels, tmp_path / "reference.seg.nrrd", NAMES)
-    write_labels(prediction, tmp_path / "prediction.seg.nrrd", NAMES)
-    volume = volume_node(image)
-    reference_node = segmentation_node(tmp_path / "reference.seg.nrrd", volume)
-    prediction_node = segmentation_node(tmp_path / "prediction.seg.nrrd", volume)
-    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    volume, reference_node, prediction_node, slice_node = review_nodes(scene, tmp_path, image, labels, predicted)
     slice_node.SetLayoutName("Red")
-    assert slice_node.SetOrientation("Axial")
 
     for rank, (i, j, k) in enumerate([(16.0, 4.5, 4), (3.5, 15.5, 9)]):
         ras = logic.largest_disagreement_slice(reference_node, prediction_node, "ball", slice_node, rank=rank)
@@ -377,15 +383,7 @@ def test_review_calls_leave_exactly_the_nodes_they_promise(scene, logic, tmp_pat
     image, labels = asymmetric_phantom(size=(20, 18, 14), spacing=(1.5, 1.0, 2.5))
     predicted = sitk.GetArrayFromImage(labels)
     predicted[4, 2:8, 14:19] = 7
-    prediction = sitk.GetImageFromArray(predicted)
-    prediction.CopyInformation(labels)
-    write_labels(labels, tmp_path / "reference.seg.nrrd", NAMES)
-    write_labels(prediction, tmp_path / "prediction.seg.nrrd", NAMES)
-    volume = volume_node(image)
-    reference_node = segmentation_node(tmp_path / "reference.seg.nrrd", volume)
-    prediction_node = segmentation_node(tmp_path / "prediction.seg.nrrd", volume)
-    slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
-    assert slice_node.SetOrientation("Axial")
+    volume, reference_node, prediction_node, slice_node = review_nodes(scene, tmp_path, image, labels, predicted)
 
     before = node_counts(scene)
     table = logic.evaluate(reference_node, prediction_node, tolerance="1.5")  # from a text field

@@ -16,7 +16,8 @@ from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, DEFAULT_MODEL_2D
 from HyperSpaceSegmentationLib.inference.cases import collect_cases
 from HyperSpaceSegmentationLib.io.model_file import save_model
 
-from conftest import OBLIQUE, phantom, tiny_model
+from conftest import phantom, tiny_model
+from test_cli import image_file  # noqa: F401 (fixture)
 from test_segment_batch import assert_one_line_error, read_summary, run, write_scans
 
 
@@ -58,7 +59,7 @@ def test_an_empty_option_is_an_error_not_a_default_or_the_current_folder(argv, o
 def test_a_folder_without_images_says_so_and_does_not_blame_the_output(holds, tmp_path, capsys, tiny_model_file):
     folder = tmp_path / "scans"
     folder.mkdir()
-    (folder / "notes.txt").write_text("not a scan")
+    (folder / "notes.txt").write_text("not a scan", encoding="utf-8")
     if holds == "results only":
         sitk.WriteImage(phantom(size=(8, 8, 8))[1], str(folder / "alpha.seg.nrrd"))
     code, _, err = run(capsys, "segment", folder, "-o", tmp_path / "results", "--model", tiny_model_file)
@@ -99,14 +100,6 @@ def test_no_batch_output_may_be_a_model_file(tmp_path, capsys):
                        "--device", "cpu")
     assert_one_line_error(code, err, "alpha.seg.nrrd", "is the model")
     assert model.read_bytes() == before
-
-
-@pytest.fixture
-def image_file(tmp_path):
-    image, _ = phantom(size=(32, 32, 24), spacing=(1.1, 1.1, 1.6), origin=(3.0, -4.0, 9.0), direction=OBLIQUE)
-    path = tmp_path / "image.nii.gz"
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 # 3. the memory-budget error suggests only what works ---------------------------------------------------------------
@@ -264,7 +257,7 @@ def test_skip_existing_keeps_a_file_that_is_no_summary_and_needs_a_batch(tmp_pat
     scans = write_scans(tmp_path / "scans", ["alpha.nrrd"], size=(16, 16, 12))
     mine = tmp_path / "out" / "summary.csv"
     mine.parent.mkdir()
-    mine.write_text("my,own,table\n1,2,3\n")
+    mine.write_text("my,own,table\n1,2,3\n", encoding="utf-8")
     code, _, err = run(capsys, "segment", tmp_path / "scans", "-o", tmp_path / "out", "--model", tiny_model_file,
                        "--skip-existing")
     assert_one_line_error(code, err, "summary.csv", "no summary")
