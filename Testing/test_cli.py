@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN, main
+from HyperSpaceSegmentationLib.cli import main
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, SAMPLE_SCAN
 from HyperSpaceSegmentationLib.io.model_file import save_model
 
 from conftest import OBLIQUE, phantom, tiny_model

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, DEFAULT_MODEL_2D, main
+from HyperSpaceSegmentationLib.cli import main
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, DEFAULT_MODEL_2D
 from HyperSpaceSegmentationLib.geometry import voxels_at
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
 from HyperSpaceSegmentationLib.io.model_file import load_model

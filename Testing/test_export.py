@@ -11,7 +11,8 @@ import SimpleITK as sitk
 import torch
 
 from HyperSpaceSegmentationLib import __version__
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN, main
+from HyperSpaceSegmentationLib.cli import main
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, SAMPLE_SCAN
 from HyperSpaceSegmentationLib.export import ONNX_MISSING, choose_network, sidecar
 from HyperSpaceSegmentationLib.io.model_file import SegmentationModel, build_network, load_model, save_model
 from HyperSpaceSegmentationLib.networks import HyperConfig, UNetConfig

@@ -244,10 +244,10 @@ def test_estimate_in_2d_follows_the_slices_and_their_plane(scene, logic, tmp_pat
 
 
 def test_the_embedded_model_follows_the_mode(scene, logic, tmp_path, monkeypatch):
-    from HyperSpaceSegmentationLib import cli
+    from HyperSpaceSegmentationLib import models
 
     embedded_2d = save_model(tiny_model(dim=2), tmp_path / "embedded-2d.pt")
-    monkeypatch.setattr(cli, "DEFAULT_MODEL_2D", embedded_2d)  # the real one is trained separately
+    monkeypatch.setattr(models, "DEFAULT_MODEL_2D", embedded_2d)  # the real one is trained separately
     facts = logic.model_facts(None, "2d")
     assert facts["dimensions"] == 2 and Path(facts["file"]).name == "embedded-2d.pt"
     assert logic.model_facts(None)["dimensions"] == 3

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from HyperSpaceSegmentationLib import cli
+from HyperSpaceSegmentationLib import cli, models
 from HyperSpaceSegmentationLib.inference import Segmenter, Slices, SpacingRequest
 from HyperSpaceSegmentationLib.inference.sliding_window import predict_probabilities
 from HyperSpaceSegmentationLib.io import model_file
@@ -322,11 +322,11 @@ def test_colour_pictures_become_their_luminance(tmp_path):
 
 def test_the_embedded_2d_model_is_the_default_for_pictures(oracle_file, tmp_path, capsys, monkeypatch):
     source, truth = picture(tmp_path)
-    monkeypatch.setattr(cli, "DEFAULT_MODEL_2D", tmp_path / "missing-2d.pt")
+    monkeypatch.setattr(models, "DEFAULT_MODEL_2D", tmp_path / "missing-2d.pt")
     code, _, err = run(capsys, "segment", source, "-o", tmp_path / "mask.png")
     assert_one_line_error(code, err, "embedded 2D model", "missing-2d.pt", "--model")
     assert not (tmp_path / "mask.png").exists()
-    monkeypatch.setattr(cli, "DEFAULT_MODEL_2D", oracle_file)
+    monkeypatch.setattr(models, "DEFAULT_MODEL_2D", oracle_file)
     code, _, err = run(capsys, "segment", source, "-o", tmp_path / "mask.png")
     assert code == 0, err
     assert np.array_equal(array(sitk.ReadImage(str(tmp_path / "mask.png"))), truth)

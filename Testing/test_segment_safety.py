@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from HyperSpaceSegmentationLib import cli
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, DEFAULT_MODEL_2D
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, DEFAULT_MODEL_2D
 from HyperSpaceSegmentationLib.inference.cases import collect_cases
 from HyperSpaceSegmentationLib.io.model_file import save_model
 

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from HyperSpaceSegmentationLib.analysis import choose_region, linear_cka, network_activations
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, SAMPLE_SCAN
 from HyperSpaceSegmentationLib.geometry import canonical, resample_to_spacing
 from HyperSpaceSegmentationLib.inference import Segmenter
 from HyperSpaceSegmentationLib.io.model_file import load_model

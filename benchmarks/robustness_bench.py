@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E402
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E402
 from HyperSpaceSegmentationLib.geometry import canonical  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import SegmentationModel, load_model  # noqa: E402

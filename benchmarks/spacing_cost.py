@@ -40,7 +40,7 @@ from HyperSpaceSegmentationLib.inference import Segmenter  # noqa: E402
 from HyperSpaceSegmentationLib.inference.sliding_window import predict_probabilities  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
 from HyperSpaceSegmentationLib.progress import Reporter  # noqa: E402
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL  # noqa: E402
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL  # noqa: E402
 
 STAGES = {"load": "load", "resample": "resample", "predict": "predict", "restore": "restore back",
           "labels": "labels", "write": "write"}

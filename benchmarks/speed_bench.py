@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from tta_bench import dice, run  # noqa: E402
 from train_default_model import VALIDATION_BAND, tissue_map  # noqa: E402
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL  # noqa: E402
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
 

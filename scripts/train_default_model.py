@@ -25,7 +25,7 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E402
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E402
 from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402

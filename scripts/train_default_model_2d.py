@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from train_default_model import MARGIN, NOTICE, VALIDATION_BAND, recipe_notes, tissue_map  # noqa: E402
 
-from HyperSpaceSegmentationLib.cli import DEFAULT_MODEL_2D  # noqa: E402
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL_2D  # noqa: E402
 from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
 from HyperSpaceSegmentationLib.geometry import canonical  # noqa: E402
 from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402

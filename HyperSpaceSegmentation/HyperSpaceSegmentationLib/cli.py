@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from . import __version__
+from . import models
 from .errors import UserError, error_line
+from .models import DEFAULT_MODEL, DEFAULT_MODEL_2D, SAMPLE_SCAN
 from .postprocessing import add_options as add_postprocessing_options
 
-RESOURCES = Path(__file__).resolve().parent / "resources"  # package data: installed with the engine
-DEFAULT_MODEL = RESOURCES / "models" / "brain-tissue-mni152.pt"
-DEFAULT_MODEL_2D = RESOURCES / "models" / "white-matter-2d-mni152.pt"  # for --mode 2d and 2D images
-SAMPLE_SCAN = RESOURCES / "samples" / "MNI152-T1-1.5mm.nrrd"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -317,29 +315,20 @@ def _model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help=f"model file (default: the embedded {DEFAULT_MODEL.name})")
 
 
-def _load(path: str | None, default: Path = DEFAULT_MODEL):
-    from .io.model_file import load_model
-
-    if path is None and not default.exists():
-        what = "2D model" if default == DEFAULT_MODEL_2D else "model"
-        raise UserError(f"the embedded {what} {default} is missing: reinstall hyperspace-segmentation, or pass --model")
-    return load_model(path or default)
-
-
-def _mode_and_model(args: argparse.Namespace, size: Sequence[int], name: str, load=_load):
+def _mode_and_model(args: argparse.Namespace, size: Sequence[int], name: str, load=models.load):
     """``(mode, model)`` for segmenting the input ``name``, an image of ``size`` voxels: ``--mode``, by default 2d for
     a 2D image or a single-slice volume unless ``--model`` is a 3D model, else 3d; ``--model``, by default the
     embedded model of the mode (read with ``load``). A ``UserError`` for a model that does not fit the mode or the
     image, or for slices chosen in 3d mode."""
     planar = len(size) == 2 or 1 in size
-    path = args.model[0] if args.model else None  # an ensemble's first model (see ensemble_member for the others)
+    path = args.model[0] if args.model else None  # an ensemble's first model (see models.ensemble_member for the others)
     model = load(path) if path else None
     mode = args.mode or ("2d" if planar and (model is None or model.dim == 2) else "3d")
     if mode == "3d" and (args.axis is not None or args.slice is not None):
         raise UserError("--axis and --slice choose the slices of --mode 2d (slice by slice, with a 2D model): "
                         "add --mode 2d")
-    model = model or load(None, DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL)
-    model_name = path or (DEFAULT_MODEL_2D if mode == "2d" else DEFAULT_MODEL).name
+    model = model or load(None, models.embedded_model(mode))
+    model_name = path or models.embedded_model(mode).name
     if mode == "2d" and model.dim == 3:
         raise UserError(f"--mode 2d segments slice by slice with a 2D model, but {model_name} is a 3D model: pass a 2D "
                         "model with --model, or drop --mode 2d")
@@ -354,20 +343,6 @@ def _mode_and_model(args: argparse.Namespace, size: Sequence[int], name: str, lo
         raise UserError(f"{name} is a 2D image, which a 3D model cannot segment: use a 2D model (the default "
                         f"for 2D images: drop {drop})")
     return mode, model
-
-
-def ensemble_member(path: str, first, first_path: str, load=_load):
-    """Model ``path`` of an ensemble whose first model is ``first``, read from ``first_path`` (with ``load``); a
-    ``UserError`` unless both have the same dimensions and labels (values and names)."""
-    model = load(path)
-    if model.dim != first.dim:
-        raise UserError(f"--model {first_path} is a {first.dim}D model but {path} is a {model.dim}D one: an ensemble's "
-                        "models must have the same dimensions and labels")
-    if model.labels != first.labels:
-        shown = [", ".join(f"{v} {n}" for v, n in sorted(m.labels.items())) for m in (first, model)]
-        raise UserError(f"--model {first_path} and {path} have different labels ({shown[0]}; {shown[1]}): an "
-                        "ensemble's models must segment the same classes")
-    return model
 
 
 class _Run:
@@ -401,16 +376,17 @@ class _Run:
         self._segmenters: dict[tuple, list] = {}
         for path in args.model or []:  # a missing or damaged model file fails the run, before any case
             self.load(path)
-        _check_models_differ(args.model or [], self.load)
+        models.check_models_differ(args.model or [], self.load)
         if world > 1 and device.type == "cpu":  # processes on one machine share its cores
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
 
-    def load(self, path: str | None, default: Path = DEFAULT_MODEL):
-        """The model of file ``path`` (``None``: ``default``), read once."""
+    def load(self, path: str | None, default: Path | None = None):
+        """The model of file ``path`` (``None``: ``default``, the embedded 3D model when not given), read once."""
+        default = models.DEFAULT_MODEL if default is None else default
         key = path or str(default)
         if key not in self._models:
             cache = _Run.cache
-            self._models[key] = _load(path, default) if cache is None else cache.model(path, default, self.device)
+            self._models[key] = models.load(path, default) if cache is None else cache.model(path, default, self.device)
         return self._models[key]
 
     def segmenters(self, mode: str, models: list, slices) -> list:
@@ -424,28 +400,6 @@ class _Run:
             self._segmenters[key] = [make(m, device=str(self.device), patch=args.patch, slices=slices,
                                                tta=args.tta, max_memory_mb=args.max_memory) for m in models]
         return self._segmenters[key]
-
-
-def _check_models_differ(paths: Sequence[str], load) -> None:
-    """Refuse an ensemble that names one model twice, as one file twice or as two files with the same weights
-    (``load`` reads a model): its mean would weigh that model double."""
-    import torch
-
-    seen: dict[str, str] = {}
-    for path in paths:
-        key = os.path.normcase(os.path.realpath(path))
-        if key in seen:
-            raise UserError(f"--model {path} is given twice: an ensemble averages different models; give each model "
-                            "once")
-        seen[key] = path
-    weights = []
-    for path in paths:
-        state = load(path).trainable().state_dict()  # what a model file stores
-        for other, known in weights:
-            if state.keys() == known.keys() and all(torch.equal(state[k], known[k]) for k in state):
-                raise UserError(f"--model {other} and {path} hold the same weights, so this is the same model twice: "
-                                "an ensemble averages different models; give each model once")
-        weights.append((path, state))
 
 
 def batch_mode(args: argparse.Namespace, cases: Sequence) -> str | None:
@@ -490,12 +444,12 @@ def _segment_case(run: _Run, name: str, output: str | os.PathLike, read, reporte
                             "images in a batch of their own (the 2D model, with other labels, segments them)")
         given = args if run.mode is None else argparse.Namespace(**{**vars(args), "mode": run.mode})
         mode, model = _mode_and_model(given, scan.GetSize(), name, run.load)
-        models = [model] + [ensemble_member(path, model, paths[0], run.load) for path in paths[1:]]
+        members = [model] + [models.ensemble_member(path, model, paths[0], run.load) for path in paths[1:]]
         steps = resolve_steps(run.steps, model.labels)
         for note in notes:
             reporter.log(f"note: {note}")
         slices = Slices(args.axis, args.slice).resolved(scan) if mode == "2d" else Slices()
-        segmenters = run.segmenters(mode, models, slices)
+        segmenters = run.segmenters(mode, members, slices)
         segmenter, view = segmenters[0], segmenters[0].view(scan)
         choices = [s.choose_spacing(scan, run.request) for s in segmenters]  # each model at its own spacing
         memory = max(s.check_memory(scan, choice.spacing, run.request.allow_extrapolation)
@@ -756,26 +710,9 @@ def _segment_cases(args: argparse.Namespace, run: _Run, cases: list, outputs: li
     return rows, interrupted
 
 
-def describe(model, path: Path) -> dict:
-    """What ``hyperspace info`` reports about a model."""
-    counts = model.parameter_counts()
-    return {
-        "file": str(path), "file_size_mb": round(path.stat().st_size / 2**20, 2), "method": model.method,
-        "dimensions": model.dim, "labels": {str(k): v for k, v in sorted(model.labels.items())},
-        "spacing_range_mm": list(model.spacing_range),
-        "fixed_spacing_mm": list(model.fixed_spacing) if model.fixed_spacing else None,
-        "modality": model.normalisation.modality, "unet_features": list(model.unet_config.features),
-        "ife": model.unet_config.ife, "ife_ratios": list(model.unet_config.ife_ratios),
-        "input_features": model.unet_config.input_features,
-        "normalisation_version": model.normalisation.version,
-        "unet_parameters": counts["unet"], "hypernetwork_parameters": counts.get("hypernetwork"),
-        "training": {k: v for k, v in model.training.items() if k != "config"},
-    }
-
-
 def run_info(args: argparse.Namespace) -> int:
     path = Path(args.model) if args.model else DEFAULT_MODEL
-    facts = describe(_load(str(path)), path)
+    facts = models.describe(models.load(str(path)), path)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -926,7 +863,7 @@ def run_export(args: argparse.Namespace) -> int:
     embedded = args.model in (None, "default")
     model_path = DEFAULT_MODEL if embedded else Path(args.model)
     fmt = check_export_output(args.output, args.overwrite, model_path)  # before the model is read
-    model = _load(None if embedded else args.model)
+    model = models.load(None if embedded else args.model)
     choice, network = choose_network(model, args.spacing, args.allow_extrapolation)
     for note in choice.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -950,7 +887,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     if args.region is not None and len(args.region) not in (1, 4):
         raise UserError(f"--region takes MM, or MM X Y Z (the cube's edge, then its centre), not {len(args.region)} "
                         "values")
-    model = _load(args.model)
+    model = models.load(args.model)
     check_model(model, Path(args.model).name if args.model else DEFAULT_MODEL.name)
     image_path = args.image or str(SAMPLE_SCAN)
     image = read_image(image_path)

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import UserError
+from .models import describe, embedded_model, ensemble_member
 from .mrml_job import (  # noqa: F401  (the job and its names, re-exported: imports from mrml_logic keep working)
     ENGINE_PARENT, ERROR_PREFIX, HEAT_MAP_COLORS, UNCERTAINTY_REFERENCE_ROLE, GpuProbe, SegmentationJob,
     temporary_folder, warm_engine,
@@ -214,9 +215,7 @@ class HyperSpaceMRMLLogic:
     def model_facts(self, model: str | os.PathLike | None = None, mode: str = "3d") -> dict:
         """What ``hyperspace info --json`` says about ``model`` (default: the embedded model of ``mode``, "3d" or
         "2d"): labels, spacing range, dimensions, ..."""
-        from .cli import describe
-
-        return describe(self._model(model, mode), Path(model or _embedded_model(mode)))
+        return describe(self._model(model, mode), Path(model or embedded_model(mode)))
 
     def estimate(self, volumeNode: Any, spacing: str | float | Sequence[float | str] = "native",
                  model: str | os.PathLike | None = None, device: str = "auto",
@@ -239,7 +238,7 @@ class HyperSpaceMRMLLogic:
         loaded = self._model(model, mode)
         needed = 2 if mode == "2d" else 3
         if loaded.dim != needed:
-            raise UserError(f"{Path(model or _embedded_model(mode)).name} is a {loaded.dim}D model and mode "
+            raise UserError(f"{Path(model or embedded_model(mode)).name} is a {loaded.dim}D model and mode "
                             f"\"{mode}\" needs a {needed}D one: pick a {needed}D model, or None for the embedded one")
         image = self._grid(volumeNode)
         if input_spacing is not None:
@@ -281,7 +280,7 @@ class HyperSpaceMRMLLogic:
         """The model file (default: the embedded model of ``mode``), loaded once per path."""
         from .io.model_file import load_model
 
-        path = Path(model or _embedded_model(mode)).resolve()
+        path = Path(model or embedded_model(mode)).resolve()
         if not path.is_file():
             raise UserError(f"model file {path} does not exist: pick an existing model file")
         key = f"{path}:{path.stat().st_mtime_ns}"
@@ -362,8 +361,6 @@ class HyperSpaceMRMLLogic:
         """``segment``'s ``tta`` and ``postprocessing`` as the command line's words, checked with the ensemble
         ``models`` before any process starts: one-line ``UserError``s, and an ensemble's models must have the first
         one's dimensions and labels (the command line's own rule)."""
-        from .cli import ensemble_member
-
         words = _tta_words(tta, mode)
         if postprocessing is not None and not isinstance(postprocessing, dict):
             raise UserError(f"postprocessing {postprocessing!r}: give a dict such as {{\"largest_component\": True}}")
@@ -828,13 +825,6 @@ def _mode_words(mode: str, axis: int, slice_index: int | None, dimensions: Seque
     if not (isinstance(slice_index, (int, np.integer)) and 0 <= slice_index < dimensions[axis]):
         raise UserError(f"slice {slice_index}: give a slice index from 0 to {dimensions[axis] - 1} along {IJK[axis]}")
     return [*words, "--slice", str(int(slice_index))]
-
-
-def _embedded_model(mode: str) -> Path:
-    """The embedded model the command line uses for ``mode`` when no model is given."""
-    from . import cli
-
-    return cli.DEFAULT_MODEL_2D if mode == "2d" else cli.DEFAULT_MODEL
 
 
 def _array(matrix: Any) -> np.ndarray:

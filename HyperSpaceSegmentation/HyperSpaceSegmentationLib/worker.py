@@ -53,18 +53,18 @@ class EngineCache:
 
     def model(self, path: str | None, default: Path, device: Any) -> Any:
         """The model of file ``path`` (None: ``default``) for ``device``, read once while the file is unchanged."""
-        from . import cli
+        from .models import load
 
         try:
             stat = os.stat(path or default)
         except OSError:  # missing: the loader says so in its own words
-            return cli._load(path, default)
+            return load(path, default)
         key = (os.path.normcase(os.path.realpath(path or default)), stat.st_size, stat.st_mtime_ns, str(device))
         if key in self._models:
             self.reuses += 1
             self._models.move_to_end(key)
             return self._models[key]
-        model = cli._load(path, default)
+        model = load(path, default)
         self.loads += 1
         for old in [k for k in self._models if k[0] == key[0] or k[3] != key[3]]:  # changed file, other device
             self._forget(old)
