@@ -1,25 +1,22 @@
 """3D Slicer module: the user interface of HyperSpace Segmentation.
 
 All work is done by ``HyperSpaceSegmentationLib.mrml_logic.HyperSpaceMRMLLogic`` (Qt-free, tested on Slicer's core):
-this file holds the widget (settings in a parameter node bound to the .ui, a QTimer that polls the background
-job), the dependency installation at Apply time, the sample data registration and Slicer's self-test.
+this file holds the widget (a QTimer polls the background job), the sample data registration and Slicer's self-test;
+the package HyperSpaceSegmentationPanel holds the settings (a parameter node bound to the .ui), the panel's texts and
+the dependency installation at Apply time.
 """
 
-import enum
 import importlib.util
 import math
 import os
 import pathlib
 import sys
-from typing import Annotated
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -34,11 +31,17 @@ if MODULE_DIR not in sys.path:
 
 from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
 from HyperSpaceSegmentationLib.mrml_logic import UNCERTAINTY_REFERENCE_ROLE, HyperSpaceMRMLLogic  # noqa: E402
+from HyperSpaceSegmentationPanel.dependencies import ensureDependencies  # noqa: E402
+from HyperSpaceSegmentationPanel.settings import (  # noqa: E402
+    HyperSpaceSegmentationParameterNode, SegmentationMode, SpacingMode, modelFileList, segmentArguments,
+)
+from HyperSpaceSegmentationPanel.texts import (  # noqa: E402
+    ensembleNote, estimateText, estimateWarnings, modelFacts, nativeSpacingText, timeBudgetText,
+)
 
 README_URL = "https://github.com/hyperspace-segmentation/SlicerHyperSpaceSegmentation#3d-slicer"
 SAMPLE_FILE = os.path.join(MODULE_DIR, "HyperSpaceSegmentationLib", "resources", "samples", "MNI152-T1-1.5mm.nrrd")
 SAMPLE_NAME = "MNI152 T1 1.5mm"
-MINIMUM_TORCH = "2.0"
 POLL_MS = 200
 WARM_ENGINE_SETTING = "HyperSpaceSegmentation/WarmEngine"  # false: one engine process per Apply
 
@@ -77,140 +80,6 @@ def registerSampleData() -> None:
     )
 
 
-class SpacingMode(enum.Enum):
-    """How the working spacing is chosen."""
-
-    NATIVE = "native"
-    ISOTROPIC = "isotropic"
-    PER_AXIS = "per-axis"
-    TIME_BUDGET = "time budget"
-    VOXEL_BUDGET = "voxel budget"
-
-    def label(self) -> str:
-        return {
-            SpacingMode.NATIVE: _("Native (the scan's own)"),
-            SpacingMode.ISOTROPIC: _("Isotropic"),
-            SpacingMode.PER_AXIS: _("Per axis"),
-            SpacingMode.TIME_BUDGET: _("Finest within a time budget"),
-            SpacingMode.VOXEL_BUDGET: _("Finest within a voxel budget"),
-        }[self]
-
-
-class SegmentationMode(enum.Enum):
-    """3D, or 2D with a 2D model: every slice across a chosen volume axis, or only the slice a slice view shows."""
-
-    VOLUME = "3d"
-    SLICE_BY_SLICE = "2d"
-    RED_VIEW = "2d Red"
-    YELLOW_VIEW = "2d Yellow"
-    GREEN_VIEW = "2d Green"
-
-    def label(self) -> str:
-        return {
-            SegmentationMode.VOLUME: _("3D"),
-            SegmentationMode.SLICE_BY_SLICE: _("2D, slice by slice"),
-            SegmentationMode.RED_VIEW: _("2D, the slice shown in the Red view"),
-            SegmentationMode.YELLOW_VIEW: _("2D, the slice shown in the Yellow view"),
-            SegmentationMode.GREEN_VIEW: _("2D, the slice shown in the Green view"),
-        }[self]
-
-    def engineMode(self) -> str:
-        """The logic's ``mode``: "3d" or "2d"."""
-        return self.value.split()[0]
-
-    def viewName(self) -> str | None:
-        """The layout name of the slice view whose slice is segmented, or None."""
-        words = self.value.split()
-        return words[1] if len(words) > 1 else None
-
-
-@parameterNodeWrapper
-class HyperSpaceSegmentationParameterNode:
-    """The module's settings, saved with the scene. Each field is bound to the widget whose SlicerParameterName
-    (in the .ui) is the field's name."""
-
-    inputVolume: vtkMRMLScalarVolumeNode
-    maskSegmentation: vtkMRMLSegmentationNode
-    maskSegmentName: str = ""
-    useEmbeddedModel: bool = True
-    modelFiles: str = ""
-    segmentationMode: SegmentationMode = SegmentationMode.VOLUME
-    sliceAxis: Annotated[str, Choice(["I", "J", "K"])] = "K"
-    spacingMode: SpacingMode = SpacingMode.NATIVE
-    isotropicSpacing: Annotated[float, WithinRange(0.5, 8.0)] = 3.0
-    spacingX: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
-    spacingY: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
-    spacingZ: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
-    budgetSeconds: Annotated[float, WithinRange(1.0, 3600.0)] = 60.0
-    budgetMegavoxels: Annotated[float, WithinRange(0.1, 1000.0)] = 4.0
-    overrideInputSpacing: bool = False
-    inputSpacingX: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
-    inputSpacingY: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
-    inputSpacingZ: Annotated[float, WithinRange(0.01, 50.0)] = 1.0
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    testTimeAugmentation: bool = False
-    computeUncertainty: bool = False
-    removeSmallObjects: bool = False
-    smallObjectMm3: Annotated[float, WithinRange(0.0, 1e6)] = 100.0
-    smallObjectClasses: str = ""
-    keepLargestComponent: bool = False
-    largestComponentClasses: str = ""
-    fillHoles: bool = False
-    fillHolesClasses: str = ""
-    outputSegmentation: vtkMRMLSegmentationNode
-    referenceSegmentation: vtkMRMLSegmentationNode
-    toleranceMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0
-    metricsTable: vtkMRMLTableNode
-    uncertaintyThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
-
-
-def segmentArguments(parameters: HyperSpaceSegmentationParameterNode) -> dict:
-    """The settings as keyword arguments of ``HyperSpaceMRMLLogic.segment`` (and, less ``max_seconds``, of
-    ``estimate``): a new option is a field above, a widget in the .ui and an entry here. For the modes on a view's
-    slice, ``axis`` and ``slice_index`` come from the view at Apply (``viewSlice``)."""
-    mode = parameters.spacingMode
-    engineMode = parameters.segmentationMode.engineMode()
-    perAxis = (parameters.spacingX, parameters.spacingY, parameters.spacingZ)
-    spacing = {
-        SpacingMode.NATIVE: "native",
-        SpacingMode.ISOTROPIC: parameters.isotropicSpacing,
-        SpacingMode.PER_AXIS: perAxis[:2] if engineMode == "2d" else perAxis,  # 2D: the slice plane's two axes
-    }.get(mode, "auto")
-    postprocessing = {}
-    if parameters.removeSmallObjects:
-        postprocessing["remove_smaller_than"] = (parameters.smallObjectMm3, classList(parameters.smallObjectClasses))
-    if parameters.keepLargestComponent:
-        postprocessing["largest_component"] = classList(parameters.largestComponentClasses)
-    if parameters.fillHoles:
-        postprocessing["fill_holes"] = classList(parameters.fillHolesClasses)
-    return {
-        "spacing": spacing, "model": None if parameters.useEmbeddedModel else modelFileList(parameters.modelFiles),
-        "device": parameters.device,
-        "max_voxels": parameters.budgetMegavoxels * 1e6 if mode == SpacingMode.VOXEL_BUDGET else None,
-        "max_seconds": parameters.budgetSeconds if mode == SpacingMode.TIME_BUDGET else None,
-        "input_spacing": ((parameters.inputSpacingX, parameters.inputSpacingY, parameters.inputSpacingZ)
-                          if parameters.overrideInputSpacing else None),
-        "mode": engineMode, "axis": "IJK".index(parameters.sliceAxis),
-        "slice_index": None,
-        "tta": True if parameters.testTimeAugmentation else None, "uncertainty": parameters.computeUncertainty,
-        "postprocessing": postprocessing or None,
-        "restrict_to": ((parameters.maskSegmentation, parameters.maskSegmentName)
-                        if parameters.maskSegmentation else None),
-    }
-
-
-def modelFileList(text: str) -> list[str]:
-    """The model files typed or added in the panel, separated by ';' (several: an ensemble)."""
-    return [path.strip() for path in text.split(";") if path.strip()]
-
-
-def classList(text: str) -> list | bool:
-    """The classes typed for a postprocessing step, label values or class names separated by commas, as
-    ``segment``'s postprocessing labels; empty: True (every class)."""
-    words = [word.strip() for word in text.split(",") if word.strip()]
-    return [int(word) if word.isdigit() else word for word in words] or True
-
-
 def uncertaintyOf(segmentation):
     """The uncertainty volume node made with ``segmentation`` (segment with uncertainty), or None."""
     return segmentation.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if segmentation is not None else None
@@ -221,19 +90,6 @@ def viewSliceNode(viewName: str):
     layoutManager = slicer.app.layoutManager()
     sliceWidget = layoutManager.sliceWidget(viewName) if layoutManager is not None else None
     return sliceWidget.mrmlSliceNode() if sliceWidget is not None else None
-
-
-def modelDescription(facts: dict) -> str:
-    """The model's dimensionality and IFE variant, from ``model_facts`` (keys it lacks are left out)."""
-    dimensions, variant = facts.get("dimensions"), facts.get("ife")
-    if not dimensions:
-        return ""
-    if dimensions != 2:
-        return _("{dimensions}D model.").format(dimensions=dimensions)
-    if not variant or variant == "none":
-        return _("2D model, without IFE.")
-    return _("2D model with IFE ({variant}; ratios {ratios}).").format(
-        variant=variant, ratios=", ".join(f"{ratio:g}" for ratio in facts.get("ife_ratios") or ()))
 
 
 class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -294,9 +150,10 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
         self.removeObservers()
 
     def onReload(self) -> None:
-        """Developer reload: forget the engine package's modules too, so that the reloaded module file imports the
-        edited logic and engine afresh (Slicer's reload re-reads this file only)."""
-        for name in [name for name in sys.modules if name.split(".")[0] == "HyperSpaceSegmentationLib"]:
+        """Developer reload: forget the modules of the engine and panel packages too, so that the reloaded module
+        file imports the edited logic, engine and panel afresh (Slicer's reload re-reads this file only)."""
+        packages = ("HyperSpaceSegmentationLib", "HyperSpaceSegmentationPanel")
+        for name in [name for name in sys.modules if name.split(".")[0] in packages]:
             del sys.modules[name]
         ScriptedLoadableModuleWidget.onReload(self)
 
@@ -424,20 +281,12 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return
         arguments = segmentArguments(parameters)
         models = arguments["model"]  # None: the embedded model; else one file, or several (an ensemble)
-        ensemble = _("Ensemble of {count} models: their probabilities are averaged, each model at its own spacing "
-                     "(the facts and estimate are the first model's).").format(count=len(models)) \
-            if models and len(models) > 1 else ""
         try:
             if models == []:
                 raise UserError(_("Add a model file (several make an ensemble), or check \"Embedded model\"."))
             model = models[0] if models else None
-            facts = self.logic.model_facts(model, arguments["mode"])
-            low, high = facts["spacing_range_mm"]
-            self.ui.modelInfoLabel.text = " ".join(filter(None, [
-                _("Labels: {labels}. Trained on spacings {low:g}-{high:g} mm.").format(
-                    labels=", ".join(f"{value} {name}" for value, name in facts["labels"].items() if value != "0"),
-                    low=low, high=high),
-                modelDescription(facts), ensemble]))
+            self.ui.modelInfoLabel.text = modelFacts(self.logic.model_facts(model, arguments["mode"]),
+                                                     ensembleNote(models))
             if parameters.inputVolume is None:
                 return
             viewName = parameters.segmentationMode.viewName()
@@ -447,16 +296,14 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
                 except UserError:
                     return  # the Inputs section says why (showViewSlice)
             timed = arguments["max_seconds"] is not None  # chosen at run time: estimate the native spacing only
-            estimate = self.logic.estimate(parameters.inputVolume, "native" if timed else arguments["spacing"],
-                                           model, arguments["device"], arguments["max_voxels"],
-                                           arguments["input_spacing"], arguments["mode"], arguments["axis"],
-                                           arguments["slice_index"])
-            plane = f" ({' x '.join(estimate.axes)})" if arguments["mode"] == "2d" else ""  # the slice plane's axes
-            self.ui.nativeSpacingLabel.text = " x ".join(f"{s:.3g}" for s in estimate.native) + " mm" + plane + (
-                _(" (overridden)") if arguments["input_spacing"] else "")
+            estimate = self.logic.estimate(
+                parameters.inputVolume, "native" if timed else arguments["spacing"], model=model,
+                device=arguments["device"], max_voxels=arguments["max_voxels"], input_spacing=arguments["input_spacing"],
+                mode=arguments["mode"], axis=arguments["axis"], slice_index=arguments["slice_index"])
+            self.ui.nativeSpacingLabel.text = nativeSpacingText(estimate, arguments["mode"],
+                                                                overridden=bool(arguments["input_spacing"]))
             if timed:
-                self.ui.estimateLabel.text = _("The finest spacing within {seconds:g} s is chosen at run time, by "
-                                               "timing the network on the device.").format(seconds=arguments["max_seconds"])
+                self.ui.estimateLabel.text = timeBudgetText(arguments["max_seconds"])
                 return
         except UserError as error:
             self.ui.spacingWarningLabel.text = str(error)
@@ -468,21 +315,8 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             return
         if math.isnan(estimate.available_mb):  # the GPU's free memory is being asked for, in a separate process
             self._estimateTimer.start()
-        text = _("Working grid {grid} at {spacing} mm: {voxels:,} voxels; memory about {memory:,.0f} MB "
-                 "({available} free).") if arguments["mode"] == "3d" else _(
-            "{slices:,} slice(s), each on a working grid {grid} at {spacing} mm ({axes}): {voxels:,} voxels in all; "
-            "memory about {memory:,.0f} MB ({available} free).")
-        self.ui.estimateLabel.text = text.format(
-            grid=" x ".join(map(str, estimate.grid)), spacing=" x ".join(f"{s:.3g}" for s in estimate.spacing),
-            axes=" x ".join(estimate.axes), voxels=estimate.voxels, memory=estimate.memory_mb,
-            available=_("? MB") if math.isnan(estimate.available_mb) else f"{estimate.available_mb:,.0f} MB",
-            slices=estimate.slices) + (_(
-                " The ensemble runs each of its {count} models: about {count} times as long.").format(
-                count=len(models)) if ensemble else "")
-        warnings = list(estimate.notes)
-        if estimate.memory_mb > 0.9 * estimate.available_mb:
-            warnings.append(_("This needs more memory than is free: choose a coarser spacing."))
-        self.ui.spacingWarningLabel.text = "\n".join(warnings)
+        self.ui.estimateLabel.text = estimateText(estimate, arguments["mode"], models)
+        self.ui.spacingWarningLabel.text = estimateWarnings(estimate)
 
     def onAddModels(self) -> None:
         """Add model files chosen in a file dialog to the list (several: an ensemble) and use them."""
@@ -594,7 +428,7 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             name = self.ui.reviewSegmentComboBox.currentText
             sliceNode = slicer.app.layoutManager().sliceWidget("Red").mrmlSliceNode()
             self.logic.largest_disagreement_slice(parameters.referenceSegmentation, parameters.outputSegmentation,
-                                                  name, sliceNode, rank)
+                                                  name, sliceNode, rank=rank)
             self._disagreementRank = rank
             self.ui.disagreementLabel.text = _("{name}: slice with the #{rank} largest difference.").format(
                 name=name, rank=rank + 1)
@@ -609,52 +443,6 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
             self.logic.most_uncertain_slice(uncertainty, sliceNode, rank)
             self._uncertainRank = rank
             self.ui.disagreementLabel.text = _("Region with the #{rank} highest uncertainty.").format(rank=rank + 1)
-
-
-def ensureDependencies(requirementsPath: str) -> None:
-    """PyTorch through the PyTorch extension (asking the user, with a minimum version), then the packages of
-    requirements.txt that are missing; Slicer's own SimpleITK, numpy and requests are left alone."""
-    if slicer.util.getModuleLogic("PyTorchUtils") is None:
-        raise UserError(_("This module needs the PyTorch extension: install it from the Extensions Manager and "
-                          "restart Slicer."))
-    import PyTorchUtils
-
-    torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-    if not torchLogic.torchInstalled():
-        if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=f">={MINIMUM_TORCH}") is None:
-            raise UserError(_("PyTorch is needed to segment; it was not installed. Click Apply again to install it, "
-                              "or install it from the PyTorch Utils module."))
-    try:
-        import slicer.pydeps as pydeps  # Slicer >= 5.12 (slicer.packaging in some 5.11 builds)
-    except ImportError:
-        try:
-            import slicer.packaging as pydeps
-        except ImportError:
-            pydeps = None
-    if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-        pydeps.pip_ensure(pydeps.load_requirements(requirementsPath), requester="HyperSpace Segmentation")
-        return
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.requirements import Requirement
-
-    missing = []
-    for line in pathlib.Path(requirementsPath).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            requirement = Requirement(line)
-            try:
-                if version(requirement.name) in requirement.specifier:
-                    continue
-            except PackageNotFoundError:
-                pass
-            missing.append(line.strip())
-    if missing:
-        if not slicer.util.confirmOkCancelDisplay(
-                _("HyperSpace Segmentation needs these Python packages: {packages}. Install them now?").format(
-                    packages=", ".join(missing))):
-            raise UserError(_("The packages {packages} are needed; they were not installed.").format(
-                packages=", ".join(missing)))
-        slicer.util.pip_install(missing)
 
 
 class HyperSpaceSegmentationLogic(ScriptedLoadableModuleLogic, HyperSpaceMRMLLogic):

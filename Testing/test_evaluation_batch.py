@@ -204,10 +204,10 @@ def test_an_unexpected_failure_of_one_case_does_not_end_the_batch(tmp_path, caps
 
     real = module.evaluate_files
 
-    def broken_for_one(reference, prediction, *args):
+    def broken_for_one(reference, prediction, *args, **kwargs):
         if "apart" in str(prediction):
             raise RuntimeError("sitk::ERROR: something deep inside ITK\nsecond line")
-        return real(reference, prediction, *args)
+        return real(reference, prediction, *args, **kwargs)
 
     monkeypatch.setattr(module, "evaluate_files", broken_for_one)
     cases = write_csv(tmp_path, f"id,mask,prediction\na,{masks['ref']},{masks['apart']}\nb,{masks['ref']},{masks['same']}\n")

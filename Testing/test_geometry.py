@@ -8,7 +8,7 @@ from HyperSpaceSegmentationLib.geometry import (
     canonical, permuted_back, resample_to_spacing, same_grid, smooth, working_grid,
 )
 from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
-from HyperSpaceSegmentationLib.inference.segmenter import labels_from_probabilities, on_input_grid
+from HyperSpaceSegmentationLib.inference.results import labels_from_probabilities, on_input_grid
 from HyperSpaceSegmentationLib.progress import Reporter
 
 from conftest import OBLIQUE, asymmetric_phantom, on_grid, oracle_model, phantom, tiny_model

@@ -27,7 +27,7 @@ COPY_LATER = "import shutil, sys, time; time.sleep(float(sys.argv[3])); shutil.c
 
 def start(command: list[str], tmp_path: Path, volume, **keywords):
     """A job running ``command`` (after this Python) with a temporary folder of its own; returns (job, folder)."""
-    from HyperSpaceSegmentationLib.mrml_job import SegmentationJob
+    from HyperSpaceSegmentationLib.mrml_logic import SegmentationJob
 
     folder = tmp_path / f"job{len(list(tmp_path.glob('job*')))}"
     folder.mkdir()
@@ -61,7 +61,7 @@ def test_a_non_ascii_or_undecodable_output_line_ends_the_job_with_its_message(sc
 
 def test_any_failure_while_loading_the_result_fails_the_job_and_leaves_no_node(scene, tmp_path, result_file,
                                                                                  monkeypatch):
-    from HyperSpaceSegmentationLib import mrml_job
+    from HyperSpaceSegmentationLib.mrml_logic import job as mrml_job
 
     def broken(path, volumeNode):
         raise KeyError("no colour table named Inferno")
@@ -94,12 +94,12 @@ def test_wait_keeps_the_window_responsive_and_a_timeout_ends_the_process(scene, 
 
 
 def test_cancel_returns_even_when_the_process_cannot_be_ended(scene, tmp_path, monkeypatch):
-    from HyperSpaceSegmentationLib import mrml_job
+    from HyperSpaceSegmentationLib.mrml_logic import process as mrml_process
 
     volume = volume_node(asymmetric_phantom(size=(12, 10, 8))[0])
     job, folder = start(["-c", "import time; time.sleep(120)"], tmp_path, volume)
     process = job.process
-    monkeypatch.setattr(mrml_job, "END_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(mrml_process, "END_TIMEOUT_S", 0.5)
     with monkeypatch.context() as immortal:  # as a process of another user or an elevated one on Windows
         immortal.setattr(psutil.Process, "kill", lambda self: None)
         immortal.setattr(subprocess.Popen, "kill", lambda self: None)

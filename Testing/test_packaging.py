@@ -37,7 +37,7 @@ def test_every_module_file_is_listed_in_cmake():
     files = [f for f in tracked("HyperSpaceSegmentation") if not f.endswith("CMakeLists.txt")]
     missing = [f for f in files if f.removeprefix("HyperSpaceSegmentation/") not in cmake]
     assert not missing, f"not listed in HyperSpaceSegmentation/CMakeLists.txt: {missing}"
-    listed = re.findall(r"^\s+((?:HyperSpaceSegmentationLib|Resources)/\S+)$", cmake, re.MULTILINE)
+    listed = re.findall(r"^\s+((?:HyperSpaceSegmentationLib|HyperSpaceSegmentationPanel|Resources)/\S+)$", cmake, re.MULTILINE)
     assert all((MODULE / f).exists() for f in listed), "CMakeLists.txt lists a file that does not exist"
 
 

@@ -15,7 +15,7 @@ from HyperSpaceSegmentationLib.geometry import canonical, working_grid
 from HyperSpaceSegmentationLib.inference import Segmenter, Slices
 from HyperSpaceSegmentationLib.inference import restore
 from HyperSpaceSegmentationLib.inference.cropping import Region
-from HyperSpaceSegmentationLib.inference.segmenter import (
+from HyperSpaceSegmentationLib.inference.results import (
     labels_from_probabilities, labels_on_input_grid, on_input_grid, restorable,
 )
 from HyperSpaceSegmentationLib.progress import Reporter

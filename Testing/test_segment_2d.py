@@ -207,10 +207,10 @@ def test_auto_spacing_and_memory_count_every_slice_segmented(monkeypatch):
 
 
 def test_memory_beyond_what_is_free_suggests_an_in_plane_spacing(monkeypatch):
-    import HyperSpaceSegmentationLib.inference.segmenter as engine
+    from HyperSpaceSegmentationLib import system
     from HyperSpaceSegmentationLib.errors import UserError
 
-    monkeypatch.setattr(engine, "available_memory_mb", lambda device: 1.2)
+    monkeypatch.setattr(system, "available_memory_mb", lambda device: 1.2)
     image, _ = asymmetric_phantom(**GRID)
     segmenter = Segmenter(tiny_model(dim=2), device="cpu", slices=Slices(2))
     with pytest.raises(UserError, match=r"--spacing [\d.]+ [\d.]+$") as raised:

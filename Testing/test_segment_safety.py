@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from HyperSpaceSegmentationLib import cli
+from HyperSpaceSegmentationLib.cli import segment_batch
 from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, DEFAULT_MODEL_2D
 from HyperSpaceSegmentationLib.inference.cases import collect_cases
 from HyperSpaceSegmentationLib.io.model_file import save_model
@@ -214,7 +214,7 @@ def test_batch_output_names_are_checked_before_any_work(problem, tmp_path, capsy
 
 def interrupt_at_case(monkeypatch, number):
     """Make the batch's case ``number`` (1-based) end in a KeyboardInterrupt, as Ctrl+C does."""
-    segment_case, calls = cli._segment_case, []
+    segment_case, calls = segment_batch.segment_case, []
 
     def segment(*args, **kwargs):
         calls.append(1)
@@ -222,7 +222,7 @@ def interrupt_at_case(monkeypatch, number):
             raise KeyboardInterrupt
         return segment_case(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "_segment_case", segment)
+    monkeypatch.setattr(segment_batch, "segment_case", segment)
 
 
 def test_an_interrupted_batch_writes_the_summary_of_its_cases_and_continues_with_skip_existing(
@@ -320,11 +320,11 @@ def test_case_ids_that_cannot_name_a_file(case_id, words, tmp_path, capsys, tiny
 
 def test_when_no_spacing_fits_the_memory_error_suggests_none(monkeypatch, image_file):
     """The input grid's own arrays need memory at any working spacing: with too little free, no --spacing helps."""
-    import HyperSpaceSegmentationLib.inference.segmenter as engine
+    from HyperSpaceSegmentationLib import system
     from HyperSpaceSegmentationLib.errors import UserError
     from HyperSpaceSegmentationLib.inference import Segmenter
 
-    monkeypatch.setattr(engine, "available_memory_mb", lambda device: 1.0)
+    monkeypatch.setattr(system, "available_memory_mb", lambda device: 1.0)
     image = sitk.ReadImage(str(image_file))
     segmenter = Segmenter(tiny_model(), device="cpu")
     with pytest.raises(UserError, match="free memory on cpu") as raised:

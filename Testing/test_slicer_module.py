@@ -20,7 +20,8 @@ from HyperSpaceSegmentationLib.errors import UserError
 from test_mrml_logic import NAMES, model_file, scene, volume_node  # noqa: F401  (fixtures)
 
 MODULE = Path(__file__).resolve().parents[1] / "HyperSpaceSegmentation"
-SOURCE = (MODULE / "HyperSpaceSegmentation.py").read_text()
+PANEL = sorted((MODULE / "HyperSpaceSegmentationPanel").glob("*.py"))  # the module file's own package
+SOURCE = "\n".join(path.read_text() for path in [MODULE / "HyperSpaceSegmentation.py", *PANEL])
 UI = ElementTree.parse(MODULE / "Resources" / "UI" / "HyperSpaceSegmentation.ui").getroot()
 QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QCheckBox", "QComboBox", "QDoubleSpinBox", "QSpinBox", "QSlider",
               "QLineEdit", "QPlainTextEdit", "QTextEdit", "QProgressBar", "QGroupBox", "QTableView", "QFrame"}
@@ -119,7 +120,8 @@ def test_module_imports_only_what_slicer_has_before_apply():
             imported.add(node.module)
     assert imported <= {"enum", "importlib.util", "math", "os", "pathlib", "sys", "typing", "qt", "vtk", "slicer",
                         "slicer.i18n", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "slicer.util",
-                        "HyperSpaceSegmentationLib.errors", "HyperSpaceSegmentationLib.mrml_logic"}, imported
+                        "HyperSpaceSegmentationLib.errors", "HyperSpaceSegmentationLib.mrml_logic",
+                        *(f"HyperSpaceSegmentationPanel.{path.stem}" for path in PANEL)}, imported
     script = ("import sys\nfor name in ('torch', 'psutil', 'tqdm', 'SimpleITK', 'slicer', 'vtk'): sys.modules[name] = None\n"
               f"sys.path.insert(0, {str(MODULE)!r})\nimport HyperSpaceSegmentationLib.mrml_logic")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -227,10 +229,12 @@ def test_segmentation_modes_map_to_the_logic_arguments(module):
 
 
 def test_model_description_shows_dimensions_and_ife(module):
-    assert module.modelDescription({"labels": {}}) == ""  # an engine without these keys
-    assert module.modelDescription({"dimensions": 3}) == "3D model."
-    assert module.modelDescription({"dimensions": 2, "ife": "none", "ife_ratios": []}) == "2D model, without IFE."
-    assert module.modelDescription({"dimensions": 2, "ife": "curvature", "ife_ratios": [0.75, 0.5]}) == \
+    from HyperSpaceSegmentationPanel.texts import modelDescription
+
+    assert modelDescription({"labels": {}}) == ""  # an engine without these keys
+    assert modelDescription({"dimensions": 3}) == "3D model."
+    assert modelDescription({"dimensions": 2, "ife": "none", "ife_ratios": []}) == "2D model, without IFE."
+    assert modelDescription({"dimensions": 2, "ife": "curvature", "ife_ratios": [0.75, 0.5]}) == \
         "2D model with IFE (curvature; ratios 0.75, 0.5)."
 
 
@@ -319,9 +323,10 @@ def test_apply_segments_the_slice_the_view_shows(module, scene, monkeypatch):
 
 def test_postprocessing_and_model_files_map_to_the_logic_arguments(module):
     from HyperSpaceSegmentationLib.mrml_logic import postprocessing_words
+    from HyperSpaceSegmentationPanel.settings import classList
 
-    assert module.classList("") is True and module.classList(" , ") is True  # every class
-    assert module.classList("3, white matter ,7") == [3, "white matter", 7]
+    assert classList("") is True and classList(" , ") is True  # every class
+    assert classList("3, white matter ,7") == [3, "white matter", 7]
     assert module.modelFileList(" a.pt;b b.pt ; ") == ["a.pt", "b b.pt"]
     plain = module.segmentArguments(settings(module))
     assert plain["postprocessing"] is None and plain["model"] is None
@@ -426,7 +431,7 @@ def test_estimate_plans_for_the_jobs_device_without_cuda_in_slicers_process(scen
 
     import torch
 
-    from HyperSpaceSegmentationLib import mrml_job
+    from HyperSpaceSegmentationLib.mrml_logic import process as mrml_process
     from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic
 
     def no_cuda_here(*args, **kwargs):
@@ -447,7 +452,7 @@ def test_estimate_plans_for_the_jobs_device_without_cuda_in_slicers_process(scen
     with pytest.raises(UserError, match="no CUDA GPU is available"):
         logic.estimate(volume, "native", model_file, "cuda")
 
-    monkeypatch.setattr(mrml_job, "GPU_PROBE", "print('{\"cuda\": true, \"free_mb\": 10.0}')")  # a nearly full GPU
+    monkeypatch.setattr(mrml_process, "GPU_PROBE", "print('{\"cuda\": true, \"free_mb\": 10.0}')")  # a nearly full GPU
     gpu = HyperSpaceMRMLLogic()
     gpu.pythonExecutable = sys.executable
     gpu.estimate(volume, "native", model_file, "cuda")

@@ -1,4 +1,4 @@
-"""The Slicer module's warm engine (``worker.py`` and ``mrml_job.WarmEngine``) with real processes on real MRML nodes
+"""The Slicer module's warm engine (``worker.py`` and ``mrml_logic.WarmEngine``) with real processes on real MRML nodes
 (slicer-core, headless): a second run loads no model again and gives the one-shot command line's labels; Cancel kills
 the worker and the next run starts a fresh one; a worker killed during a job fails that job with a message; a user
 error leaves the worker up; a second job while one runs gets a process of its own; the worker ends when its stdin
@@ -152,11 +152,11 @@ def test_an_engine_without_a_worker_runs_each_job_in_a_process_of_its_own(scene,
 
 
 def test_slicers_exit_ends_the_worker(scene, logic, engine, model_file):
-    from HyperSpaceSegmentationLib import mrml_job
+    from HyperSpaceSegmentationLib import mrml_logic
 
     logic.segment(volume_node(asymmetric_phantom(size=(20, 18, 16))[0]), 2.0, model=model_file, device="cpu")
     process = engine.process
-    mrml_job.stop_warm_engines()  # what atexit runs
+    mrml_logic.stop_warm_engines()  # what atexit runs
     assert process.poll() == 0  # it ended by itself when its stdin closed
     assert not engine.alive
 
@@ -166,7 +166,7 @@ def test_the_worker_protocol_bad_lines_and_stdin_closing(tmp_path, model_file):
     a job's output is the one-shot command's; closing stdin ends it with exit code 0."""
     import SimpleITK as sitk
 
-    from HyperSpaceSegmentationLib.mrml_job import engine_environment
+    from HyperSpaceSegmentationLib.mrml_logic import engine_environment
 
     sitk.WriteImage(asymmetric_phantom(size=(20, 18, 16))[0], str(tmp_path / "scan.nrrd"))
     worker = subprocess.Popen([sys.executable, "-m", "HyperSpaceSegmentationLib.worker"], stdin=subprocess.PIPE,

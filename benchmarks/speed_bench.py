@@ -127,7 +127,7 @@ def profile(network: torch.nn.Module, x: torch.Tensor) -> None:
 
 def fixed_costs(device: str, repeats: int) -> None:
     """Stage times in this process at 3, 2 and 1 mm on the 1 mm template; see the module's description."""
-    from HyperSpaceSegmentationLib.inference.segmenter import labels_from_probabilities
+    from HyperSpaceSegmentationLib.inference import labels_from_probabilities
     from HyperSpaceSegmentationLib.io.images import write_labels
     from HyperSpaceSegmentationLib.progress import Reporter
 

@@ -12,58 +12,29 @@ model, the model card and the demo sample into the engine's package data (HyperS
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+from mni152_recipe import (
+    MARGIN, NOTICE, VALIDATION_BAND, add_recipe_options, card_ending, recipe_notes, template, tissue_map, write_dataset,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
-
-from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, SAMPLE_SCAN  # noqa: E402
-from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
-from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest  # noqa: E402
-from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
-from HyperSpaceSegmentationLib.networks.unet import INPUT_FEATURES  # noqa: E402
-from HyperSpaceSegmentationLib.progress import Reporter  # noqa: E402
-from HyperSpaceSegmentationLib.training import TrainConfig, train  # noqa: E402
+from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute
+from HyperSpaceSegmentationLib.inference import Segmenter, SpacingRequest
+from HyperSpaceSegmentationLib.io.model_file import load_model
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL, SAMPLE_SCAN
+from HyperSpaceSegmentationLib.progress import Reporter
+from HyperSpaceSegmentationLib.training import TrainConfig, train
 
 LABELS = {"0": "background", "1": "CSF", "2": "grey matter", "3": "white matter"}
 COLORS = {"1": [0.35, 0.6, 0.95], "2": [0.85, 0.55, 0.45], "3": [0.95, 0.92, 0.8]}
-VALIDATION_BAND = (100, 126)  # axial slices (k) held out, 1 mm each
-MARGIN = 6  # slices dropped on each side of the band so no training patch centre sits next to it
 EVAL_SPACINGS = [(1.0, 1.0, 1.0), (1.5, 1.5, 1.5), (2.0, 2.0, 2.0), (3.0, 3.0, 3.0), (3.5, 3.5, 3.5), (1.0, 1.0, 3.5)]
 MODELS = DEFAULT_MODEL.parent
 SAMPLES = SAMPLE_SCAN.parent
-NOTICE = """Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
-McGill University. Permission to use, copy, modify, and distribute this software and its documentation for any
-purpose and without fee is hereby granted, provided that the above copyright notice appear in all copies. The
-authors and McGill University make no representations about the suitability of this software for any purpose.
-It is provided "as is" without express or implied warranty. The authors are not responsible for any data loss,
-equipment damage, property loss, or injury to subjects or patients resulting from the use or misuse of this
-software package."""
-
-
-def template(name: str) -> sitk.Image:
-    path = importlib.resources.files("nilearn") / "datasets" / "data" / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz"
-    return sitk.ReadImage(str(path))
-
-
-def tissue_map() -> tuple[sitk.Image, sitk.Image]:
-    """The T1 template and its 4-class tissue map on the template grid."""
-    t1 = template("t1")
-    gm = sitk.GetArrayFromImage(template("gm")).astype(np.float32) / 255
-    wm = sitk.GetArrayFromImage(template("wm")).astype(np.float32) / 255
-    brain = sitk.GetArrayFromImage(t1) > 0
-    classes = np.argmax(np.stack([1 - gm - wm, gm, wm]), axis=0).astype(np.uint8) + 1
-    labels = sitk.GetImageFromArray(np.where(brain, classes, 0).astype(np.uint8))
-    labels.CopyInformation(t1)
-    return t1, labels
 
 
 def prepare(work: Path, synthetic: float = 0.0) -> Path:
@@ -84,11 +55,7 @@ def prepare(work: Path, synthetic: float = 0.0) -> Path:
         sitk.WriteImage(image[:, :, low:high], str(work / "data" / f"band_{kind}.nii.gz"))
     spec = {"task": "brain tissue (MNI ICBM152 2009a)", "modality": "mr", "labels": LABELS, "colors": COLORS,
             "training": cases, "validation": [{"id": "band", "image": "data/band_t1.nii.gz", "label": "data/band_labels.nii.gz"}]}
-    if synthetic:
-        spec["synthetic"] = {"fraction": synthetic}
-    path = work / "dataset.json"
-    path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-    return path
+    return write_dataset(work, spec, synthetic)
 
 
 def validate(model_path: Path, work: Path) -> list[dict]:
@@ -123,7 +90,8 @@ def write_sample() -> Path:
     grid.SetDirection(t1.GetDirection())
     grid.SetOrigin(t1.TransformContinuousIndexToPhysicalPoint((0.25, 0.25, 0.25)))
     sample = sitk.Resample(sitk.SmoothingRecursiveGaussian(sitk.Cast(t1, sitk.sitkFloat32), 0.5), grid,
-                           sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkUInt8)
+                           transform=sitk.Transform(), interpolator=sitk.sitkLinear, defaultPixelValue=0.0,
+                           outputPixelType=sitk.sitkUInt8)
     path = SAMPLES / "MNI152-T1-1.5mm.nrrd"
     sitk.WriteImage(sample, str(path), useCompression=True)
     (SAMPLES / "MNI152-LICENSE.txt").write_text(
@@ -172,29 +140,7 @@ docs/BENCHMARKS.md, "Scans users load", measured with `benchmarks/head_robustnes
 **Limits**: one subject (a template) and images synthesised from it are all it has seen: expect lower accuracy on
 real scans with other contrast, field strength or pathology. Use it to try the tool, then train your own.
 
-**Reproduce**:
-
-```
-{command}
-```
-
-**Licence of the training data** (MNI ICBM152; keep this notice with the model and any file derived from it):
-
-{NOTICE}
-"""
-
-
-def recipe_notes(training: dict, what: str) -> str:
-    """The model card's words on the starting weights and the synthetic share of ``what`` (samples, slices)."""
-    init = training.get("config", {}).get("init")
-    started = f" It started from the weights of {Path(init).name}." if init else ""
-    share = training.get("synthetic_fraction")
-    if not share:
-        return (started + f" Real template {what} only.").strip()
-    return (started + f" {share:.0%} of the {what} are synthesised from the tissue map (`\"synthetic\"` in the dataset "
-                      "JSON: a random contrast per label or the template's own intensities, a head of random layers "
-                      "around the brain - skull, diploe, scalp, fat, muscle, eyes, neck, air - or a stripped brain with "
-                      "or without a halo, bias field, gamma, noise, cut fields of view; docs/training.md).").strip()
+""" + card_ending(command)
 
 
 def main() -> None:
@@ -204,12 +150,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--synthetic", type=float, default=0.6,
-                        help="share of training samples synthesised from the labels, with heads (0: real images only)")
-    parser.add_argument("--init", default=None, help="start from this model file's weights")
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--input", choices=INPUT_FEATURES, default="intensity",
-                        help="what the network sees: the intensities or their MIND descriptors")
+    add_recipe_options(parser, "share of training samples synthesised from the labels, with heads (0: real images only)")
     parser.add_argument("--machine", default="", help="a description of the machine, for the model card")
     parser.add_argument("--model", type=Path, default=None,
                         help="validate and install this trained model instead of training (a run of this recipe)")

@@ -25,19 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from mni152_recipe import MARGIN, VALIDATION_BAND, add_recipe_options, card_ending, recipe_notes, tissue_map, write_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "HyperSpaceSegmentation"))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from train_default_model import MARGIN, NOTICE, VALIDATION_BAND, recipe_notes, tissue_map  # noqa: E402
-
-from HyperSpaceSegmentationLib.models import DEFAULT_MODEL_2D  # noqa: E402
-from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute  # noqa: E402
-from HyperSpaceSegmentationLib.geometry import canonical  # noqa: E402
-from HyperSpaceSegmentationLib.io.model_file import load_model  # noqa: E402
-from HyperSpaceSegmentationLib.networks.unet import INPUT_FEATURES  # noqa: E402
-from HyperSpaceSegmentationLib.training import TrainConfig, train  # noqa: E402
+from HyperSpaceSegmentationLib.evaluation.metrics import METRICS, Comparison, compute
+from HyperSpaceSegmentationLib.geometry import canonical
+from HyperSpaceSegmentationLib.io.model_file import load_model
+from HyperSpaceSegmentationLib.models import DEFAULT_MODEL_2D
+from HyperSpaceSegmentationLib.training import TrainConfig, train
 
 LABELS = {"0": "background", "1": "white matter"}
 COLORS = {"1": [0.95, 0.92, 0.8]}
@@ -72,11 +66,7 @@ def prepare(work: Path, synthetic: float = 0.0) -> Path:
             "training": [{"id": n, "image": f"data/{n}_t1.nii.gz", "label": f"data/{n}_wm.nii.gz",
                           "generation": f"data/{n}_tissue.nii.gz"} for n in ("inferior", "superior")],
             "validation": [{"id": "band", "image": "data/band_t1.nii.gz", "label": "data/band_wm.nii.gz"}]}
-    if synthetic:
-        spec["synthetic"] = {"fraction": synthetic}
-    path = work / "dataset.json"
-    path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-    return path
+    return write_dataset(work, spec, synthetic)
 
 
 def train_model(work: Path, dataset: Path, ife: str, iterations: int, seed: int, device: str,
@@ -176,16 +166,7 @@ docs/BENCHMARKS.md, "Scans users load", measured with `benchmarks/head_robustnes
 **Limits**: one averaged brain and images synthesised from it are all it has seen: expect lower accuracy on real
 scans, other contrasts or pathology. Use it to try the 2D mode, then train your own (`hyperspace train --dim 2`).
 
-**Reproduce**:
-
-```
-{command}
-```
-
-**Licence of the training data** (MNI ICBM152; keep this notice with the model and any file derived from it):
-
-{NOTICE}
-"""
+""" + card_ending(command)
 
 
 def main() -> None:
@@ -195,12 +176,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--synthetic", type=float, default=0.6,
-                        help="share of training slices synthesised from the tissue map, with heads (0: real only)")
-    parser.add_argument("--init", default=None, help="start from this model file's weights")
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--input", choices=INPUT_FEATURES, default="intensity",
-                        help="what the network sees: the intensities or their MIND descriptors")
+    add_recipe_options(parser, "share of training slices synthesised from the tissue map, with heads (0: real only)")
     parser.add_argument("--reuse", action="store_true",
                         help="score and install the model an earlier run (or benchmarks/ife_ablation.py) trained in --work")
     parser.add_argument("--install", action="store_true", help="copy the model and its card into the package data")
@@ -209,10 +185,10 @@ def main() -> None:
     dataset = prepare(args.work, args.synthetic)
     model = args.work / f"run-{args.ife}" / "model.pt"
     if not (args.reuse and model.is_file()):
-        model, _ = train_model(args.work, dataset, args.ife, args.iterations, args.seed, args.device, args.init,
-                               args.learning_rate, args.input)
+        model, _ = train_model(args.work, dataset, args.ife, args.iterations, seed=args.seed, device=args.device,
+                               init=args.init, learning_rate=args.learning_rate, input_features=args.input)
     rows = score(model, args.work)
-    text = card(rows, command, model, args.ife, load_model(model).training)
+    text = card(rows, command, model, ife=args.ife, training=load_model(model).training)
     (args.work / "model-card.md").write_text(text, encoding="utf-8")
     (args.work / "validation.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     if args.install:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -28,7 +29,8 @@ from torch import nn
 
 from . import __version__
 from .errors import UserError
-from .inference.segmenter import Segmenter, SpacingChoice, SpacingRequest, parse_spacing
+from .inference import Segmenter, SpacingRequest, parse_spacing
+from .inference.plans import SpacingChoice
 from .io.images import atomic_output, check_not_an_input, check_writable
 from .io.model_file import SegmentationModel
 from .networks import HyperSpaceNet, UNetConfig
@@ -130,7 +132,7 @@ def write_network(model: SegmentationModel, model_path: str | os.PathLike, choic
     (the network is moved into place first); returns the sidecar."""
     fmt = network_format(path)
     facts = sidecar(model, model_path, choice, Path(path).name, fmt)
-    write = _write_onnx if fmt == "onnx" else _write_torchscript
+    write = write_onnx if fmt == "onnx" else _write_torchscript
     with atomic_output(sidecar_path(path), overwrite) as sidecar_temporary, atomic_output(path, overwrite) as temporary:
         write(network, model.unet_config, temporary)
         sidecar_temporary.write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
@@ -196,12 +198,17 @@ def _example(config: UNetConfig, batch: int, blocks: Sequence[int]) -> torch.Ten
     return torch.randn(shape, generator=generator)
 
 
-def _write_onnx(network: nn.Module, config: UNetConfig, path: Path) -> None:
-    """``network`` as ONNX at ``path``, batch and spatial sizes dynamic."""
+def write_onnx(network: nn.Module, config: UNetConfig, path: Path,
+               instead: str = "export it as TorchScript (.pt) instead") -> None:
+    """``network`` as ONNX at ``path``, batch and spatial sizes dynamic; if the exporter fails, a ``UserError`` that
+    says what to do ``instead``."""
     dim = torch.export.Dim
     # a batch of two: the exporter specialises a size seen as 1; spatial sizes are multiples of the divisor
     sizes = {0: dim("batch", min=1)}
     sizes.update({2 + a: config.divisor * dim(f"blocks{a}", min=2) for a in range(config.dim)})
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # no notes on operators of other packages (torchvision) on the console
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -213,8 +220,9 @@ def _write_onnx(network: nn.Module, config: UNetConfig, path: Path) -> None:
         raise UserError(ONNX_MISSING) from None
     except Exception as error:  # the exporter raises many types
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-        raise UserError(f"ONNX export of this network failed ({type(error).__name__}: {first}): export it as "
-                        "TorchScript (.pt) instead") from None
+        raise UserError(f"ONNX export of this network failed ({type(error).__name__}: {first}): {instead}") from None
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _write_torchscript(network: nn.Module, config: UNetConfig, path: Path) -> None:

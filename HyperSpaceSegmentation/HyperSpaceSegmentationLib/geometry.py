@@ -284,3 +284,22 @@ def physical_size(image: sitk.Image) -> tuple[float, ...]:
 def voxels_at(image: sitk.Image, spacing: Sequence[float]) -> int:
     """Number of voxels of the working grid of ``image`` at ``spacing``."""
     return math.prod(grid_size(physical_size(image), spacing))
+
+
+def reoriented_axes(image: sitk.Image) -> tuple[int, ...]:
+    """For each axis of ``canonical(image)``, the axis of ``image`` it is (reorientation permutes and flips axes):
+    read from the directions alone, by reorienting a one-voxel image with the same direction."""
+    dim = image.GetDimension()
+    probe = sitk.Image([1] * dim, sitk.sitkUInt8)
+    probe.SetDirection(image.GetDirection())
+    cosines = np.reshape(image.GetDirection(), (dim, dim)).T @ np.reshape(canonical(probe).GetDirection(), (dim, dim))
+    return tuple(int(np.argmax(np.abs(cosines[:, axis]))) for axis in range(dim))
+
+
+def oriented_like_canonical(mask: np.ndarray | None, image: sitk.Image) -> np.ndarray | None:
+    """``mask`` (an array on ``image``'s grid) with its axes permuted and flipped as ``canonical(image)``'s."""
+    if mask is None or image.GetDimension() != 3:
+        return mask
+    holder = sitk.GetImageFromArray(mask.astype(np.uint8))
+    holder.CopyInformation(image)
+    return sitk.GetArrayViewFromImage(canonical(holder)) > 0

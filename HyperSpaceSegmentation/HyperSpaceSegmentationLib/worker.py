@@ -42,7 +42,7 @@ MAX_SEGMENTERS = 16
 
 
 class EngineCache:
-    """Models and segmenters kept from run to run in one process (see ``cli._Run.cache``)."""
+    """Models and segmenters kept from run to run in one process (see ``cli.segment_run.SegmentationRun.cache``)."""
 
     def __init__(self) -> None:
         self._models: OrderedDict[tuple, Any] = OrderedDict()  # (file, size, mtime, device) -> model
@@ -81,7 +81,7 @@ class EngineCache:
             del self._segmenters[old]
 
     def segmenter(self, model: Any, **options: Any) -> Any:
-        """A ``Segmenter`` of ``model`` with ``options`` (as ``cli._Run.segmenters`` builds it), built once; the
+        """A ``Segmenter`` of ``model`` with ``options`` (as ``SegmentationRun.segmenters`` builds it), built once; the
         segmenters of one cached model share the networks it generated."""
         from .inference import Segmenter
 
@@ -147,10 +147,10 @@ def _release_gpu_memory() -> None:
 
 def serve(stdin: TextIO, stdout: TextIO) -> int:
     """Take jobs from ``stdin`` until it closes; returns the exit code."""
-    from . import cli
+    from .cli.segment_run import SegmentationRun
 
     cache = EngineCache()
-    cli._Run.cache = cache
+    SegmentationRun.cache = cache
     stdout.write(READY_PREFIX + json.dumps({"protocol": PROTOCOL, "pid": os.getpid()}) + "\n")
     stdout.flush()
     for line in stdin:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -22,7 +21,8 @@ import SimpleITK as sitk
 
 from ..errors import UserError, error_line
 from ..geometry import difference, format_pair, grid_difference, grid_differences, resample_labels
-from ..io.images import atomic_output, foreign_delimiter
+from ..io.input_files import input_file, read_csv_rows
+from ..io.outputs import atomic_output
 from .labels import ClassSpec, Segmentation, default_classes, read_segmentation
 from .metrics import DEFAULT_METRICS, METRICS, Comparison, compute
 
@@ -83,8 +83,9 @@ def evaluate_pair(
         # a segment named in one file only is empty in the other (a missed or an extra structure)
         in_either = spec.segment in reference.segments or spec.segment in prediction.segments
         comparison = Comparison(
-            reference.mask(spec, in_either), prediction.mask(spec, in_either), spacing, tolerance,
-            prediction.probabilities if prediction.probabilities is not None and spec.labels == (1,) else None,
+            reference.mask(spec, in_either), prediction.mask(spec, in_either), spacing, tolerance=tolerance,
+            probabilities=(prediction.probabilities if prediction.probabilities is not None and spec.labels == (1,)
+                           else None),
         )
         for name in metrics:
             row[f"{spec.name}_{name}"] = compute(METRICS[name], comparison)
@@ -104,7 +105,7 @@ def evaluate_files(
         raise UserError(f"{prediction} is a probability map (values in [0, 1]) but {reference} has several labels "
                         f"({', '.join(map(str, foreground))}): give the prediction as a label map")
     pred = align(ref, pred, resample, (str(reference), str(prediction)))
-    return evaluate_pair(ref, pred, classes, metrics, tolerance)
+    return evaluate_pair(ref, pred, classes, metrics, tolerance=tolerance)
 
 
 CASE_COLUMNS = ("id", "mask", "prediction")
@@ -116,33 +117,12 @@ def read_paths_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     Spreadsheet exports are accepted: a UTF-8 byte-order mark, CRLF line ends, spaces after the commas and
     rows whose cells are all blank. Every case needs all three values and a unique id.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"paths CSV {path} is a folder: give the CSV file with --paths-csv")
-    if not path.is_file():
-        raise UserError(f"paths CSV {path} does not exist: check the --paths-csv path")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-        if "\x00" in text:
-            raise csv.Error("it holds NUL characters")
-        reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
-        columns = [name.strip() for name in reader.fieldnames or []]
-        reader.fieldnames = columns
-        rows = [(reader.line_num, row) for row in reader]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"paths CSV {path} is not a readable UTF-8 CSV file ({error}): "
-                        "save it as CSV (UTF-8)") from None
-    missing = [name for name in CASE_COLUMNS if name not in columns]
-    if missing and (shown := foreign_delimiter(text)):
-        raise UserError(f"paths CSV {path} separates its columns with {shown}, not commas: save it as CSV with commas "
-                        "(a spreadsheet's 'CSV (comma delimited)'), with the columns id, mask and prediction")
-    if missing:
-        raise UserError(f"paths CSV {path} lacks the column(s) {', '.join(missing)}: its first line must name "
-                        "the columns id, mask and prediction (MIST's layout)")
+    path = input_file(path, folder="paths CSV {path} is a folder: give the CSV file with --paths-csv",
+                      missing="paths CSV {path} does not exist: check the --paths-csv path")
+    columns, rows = read_csv_rows(path, "paths CSV", CASE_COLUMNS, columns="id, mask and prediction",
+                                  layout=" (MIST's layout)")
     cases, seen = [], {}
     for line, row in rows:
-        if not any((value or "").strip() for value in row.values() if isinstance(value, str)):
-            continue
         empty = [name for name in CASE_COLUMNS if not (row.get(name) or "").strip()]
         if empty or None in row:
             problem = f"has no {', '.join(empty)}" if empty else f"has more values than the {len(columns)} columns"
@@ -155,8 +135,6 @@ def read_paths_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         for key in ("mask", "prediction"):
             case[key] = case[key] if os.path.isabs(case[key]) else str((path.parent / case[key]).resolve())
         cases.append(case)
-    if not cases:
-        raise UserError(f"paths CSV {path} lists no cases: add one line per case under the header")
     return cases
 
 
@@ -164,7 +142,8 @@ def _evaluate_row(args: tuple) -> dict[str, float | str]:
     """One case's row; whatever goes wrong with this case is its ``error``, and the batch goes on."""
     case, classes, metrics, tolerance, resample = args
     try:
-        return {"id": case["id"], **evaluate_files(case["mask"], case["prediction"], classes, metrics, tolerance, resample)}
+        return {"id": case["id"], **evaluate_files(case["mask"], case["prediction"], classes, metrics,
+                                                   tolerance=tolerance, resample=resample)}
     except UserError as error:
         return {"id": case["id"], "error": str(error)}
     except (ArithmeticError, LookupError, MemoryError, OSError, RuntimeError, TypeError, ValueError) as error:

@@ -7,7 +7,6 @@ Config JSON: ``{"classes": {"whole tumour": [1, 2, 3], "core": [1, 3]}, "metrics
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,9 @@ import SimpleITK as sitk
 
 from ..errors import UserError
 from ..geometry import resample_labels
-from ..io.images import extension, read_image
+from ..io.formats import extension
+from ..io.images import read_image
+from ..io.input_files import input_file, read_json
 
 MAX_LABELS = 1000
 
@@ -199,17 +200,9 @@ def classes_from_labels(labels: list[str]) -> list[ClassSpec]:
 
 def load_config(path: str | os.PathLike) -> tuple[list[ClassSpec] | None, list[str] | None, float | None]:
     """(classes, metrics, tolerance) from a MIST-style JSON config; absent keys give ``None``."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"config file {path} is a folder: give the JSON file in it with --config")
-    if not path.is_file():
-        raise UserError(f"config file {path} does not exist: check the --config path")
-    try:
-        config = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise UserError(f"config file {path} is not UTF-8 text: save it as a UTF-8 JSON file") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"config file {path} is not valid JSON ({error}): fix its syntax") from None
+    path = input_file(path, folder="config file {path} is a folder: give the JSON file in it with --config",
+                      missing="config file {path} does not exist: check the --config path")
+    config = read_json(path, "config file")
     if not isinstance(config, dict):
         raise UserError(f"config file {path}: the config must be a JSON object, like "
                         '{"classes": {"tumour": [1, 2]}, "metrics": ["dice"], "tolerance": 1.0}')

@@ -8,17 +8,17 @@ import csv
 import glob
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import SimpleITK as sitk
 
 from ..errors import UserError
-from ..io.images import (
-    IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, PICTURE_OUTPUTS, atomic_output, check_output_path, check_writable, extension,
-    file_name_problem, foreign_delimiter, itk_warnings_off,
-)
+from ..io.formats import IMAGE_EXTENSIONS, OUTPUT_EXTENSIONS, PICTURE_OUTPUTS, extension
+from ..io.images import itk_warnings_off
+from ..io.input_files import read_csv_rows
+from ..io.outputs import atomic_output, check_output_path, check_writable, file_name_problem
 
 CSV_COLUMNS = ("id", "image")  # required; "output" is optional
 SUMMARY_COLUMNS = ("id", "input", "output", "status", "spacing_mm", "seconds", "peak_memory_mb", "memory_time_mb_s",
@@ -112,7 +112,7 @@ def drop_own_outputs(cases: Sequence[Case], folder: Path, suffix: str) -> tuple[
     dropped = [case for case in cases if case.scanned and outputs.get(_key(case.image), set()) - {case.index}]
     gone = {case.index for case in dropped}
     kept = [case for case in cases if case.index not in gone]
-    return [Case(index, case.id, case.image, case.output, case.scanned) for index, case in enumerate(kept)], dropped
+    return [replace(case, index=index) for index, case in enumerate(kept)], dropped
 
 
 def _output_of(case: Case, folder: Path, suffix: str) -> Path:
@@ -146,25 +146,10 @@ def _folder_cases(folder: Path) -> list[tuple[str, str, None, bool]] | None:
 def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
     """``(id, image, output)`` for each row of a CSV with the columns id, image and optionally output (UTF-8, with
     or without a byte-order mark; relative paths from the CSV's folder; rows of blank cells skipped)."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-        reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        rows = [(reader.line_num, row) for row in reader]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UserError(f"cases CSV {path} is not a readable UTF-8 CSV file ({error}): save it as CSV (UTF-8)") from None
-    if missing := [c for c in CSV_COLUMNS if c not in reader.fieldnames]:
-        if shown := foreign_delimiter(text):
-            raise UserError(f"cases CSV {path} separates its columns with {shown}, not commas: save it as CSV with "
-                            "commas (a spreadsheet's 'CSV (comma delimited)'), with the columns id, image and "
-                            "optionally output")
-        raise UserError(f"cases CSV {path} lacks the column(s) {', '.join(missing)}: its first line must name the "
-                        "columns id, image and optionally output")
+    _, rows = read_csv_rows(path, "cases CSV", CSV_COLUMNS, columns="id, image and optionally output")
     cases = []
     for line, row in rows:
         values = {key: (value or "").strip() for key, value in row.items() if isinstance(value, str)}
-        if not any(values.values()):
-            continue
         if not values.get("id") or not values.get("image") or None in row:
             problem = "has more values than columns" if None in row else "has no id or no image"
             raise UserError(f"cases CSV {path}, line {line} {problem}: give id and image (and optionally output) on "
@@ -175,8 +160,6 @@ def read_cases_csv(path: Path) -> list[tuple[str, str, str | None]]:
         output = values.get("output") or None
         cases.append((values["id"], str(path.parent / values["image"]),
                       str(path.parent / output) if output else None))
-    if not cases:
-        raise UserError(f"cases CSV {path} lists no cases: add one line per case under the header")
     return cases
 
 

@@ -14,31 +14,34 @@ through one network, generated for the in-plane working spacing. A 2D image is a
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import scipy.special
 import SimpleITK as sitk
 import torch
 from torch import nn
 
 from ..errors import UserError
-from ..geometry import array_axes_from, axis_table, canonical, grid_size, resample_to_spacing
-from ..io.images import check_spacing
+from ..geometry import canonical, grid_size, oriented_like_canonical, reoriented_axes, resample_to_spacing
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet, UNet
 from ..progress import Reporter
-from ..system import available_memory_mb, resolve_device
-from .cropping import Region, foreground_region
+from .. import system
+from ..system import resolve_device
+from .backends import (
+    EXPORT_PAYS_VOXELS, OnnxRuntimeNetwork, check_backend, exported_path, network_digest, onnxruntime_installed,
+    onnxruntime_network,
+)
+from .cropping import foreground_region
+from .memory import EXTRAPOLATION_REACH, check_memory
+from .plans import (
+    NetworkView, Slices, SpacingChoice, SpacingRequest, WindowPlan, check_memory_budget, tta_flips,
+)
 from .restore import Restorable
-from .restore import labels as restored_labels
-from .restore import most_likely as most_likely_class
+from .results import labels_on_input_grid, masked, restorable
 from .sliding_window import count_windows, patch_size_for, predict_probabilities
 
 MEMORY_SHARE = 0.8  # without --max-memory, windows may take this share of the memory available on the device
@@ -46,97 +49,7 @@ DEFAULT_MAX_VOXELS = 4_000_000
 _REFERENCE_WINDOW = {3: 64, 2: 256}  # timed once for --max-seconds; smaller windows cost more per voxel (conservative)
 _MAX_BATCH = 32  # slices per network call: at most this many, and as many as _BATCH_MEMORY_MB of activations hold
 _BATCH_MEMORY_MB = 1024
-_EXTRAPOLATION_REACH = 4.0  # with --allow-extrapolation, auto may go this far beyond the coarsest trained spacing
 _RANGE_TOLERANCE = 1e-4  # a spacing this close (relative) to the trained range counts as inside it, without a note
-
-
-@dataclass(frozen=True)
-class SpacingRequest:
-    """What the user asked for: ``model`` (the model's default), ``native``, ``auto`` or ``explicit``."""
-
-    mode: str = "model"
-    values: tuple[float, ...] = ()
-    max_voxels: float | None = None
-    max_seconds: float | None = None
-    allow_extrapolation: bool = False
-
-    def __post_init__(self) -> None:
-        if self.max_voxels is not None and not self.max_voxels >= 1:
-            raise UserError(f"--max-voxels {self.max_voxels:g}: give a positive number of voxels, such as 4e6")
-        if self.max_seconds is not None and not (self.max_seconds > 0 and math.isfinite(self.max_seconds)):
-            raise UserError(f"--max-seconds {self.max_seconds:g}: give a positive number of seconds, such as 30")
-
-
-def check_memory_budget(max_memory_mb: float | None) -> None:
-    """A ``UserError`` unless the memory budget (``--max-memory``, MB) is ``None`` or a positive finite number."""
-    if max_memory_mb is not None and not (max_memory_mb > 0 and math.isfinite(max_memory_mb)):
-        raise UserError(f"--max-memory {max_memory_mb:g}: give a positive number of MB, such as 4000")
-
-
-def parse_spacing(words: Sequence[str] | None) -> SpacingRequest:
-    """``None``, ``native``, ``auto``, ``S`` or ``SX SY SZ`` (mm) as a ``SpacingRequest``."""
-    if not words:
-        return SpacingRequest()
-    if len(words) == 1 and words[0].lower() in ("native", "auto"):
-        return SpacingRequest(words[0].lower())
-    try:
-        values = tuple(float(w) for w in words)
-    except ValueError:
-        raise UserError(f"--spacing {' '.join(words)}: give native, auto, one spacing in mm, or one per axis") from None
-    check_spacing(values, "requested")
-    return SpacingRequest("explicit", values)
-
-
-@dataclass(frozen=True)
-class Slices:
-    """The slices a 2D model segments: the planes of constant index along the file's index axis ``axis`` (0 = i,
-    1 = j, 2 = k, as stored), every one or only slice ``index``. ``axis`` ``None``: the last axis of size 1 (a
-    single-slice volume's slice), else k. A 2D image is one slice along k."""
-
-    axis: int | None = None
-    index: int | None = None
-
-    def resolved(self, image: sitk.Image) -> Slices:
-        """These slices of ``image`` with the axis filled in; a ``UserError`` for an axis or index outside it."""
-        size = tuple(image.GetSize()) + (1,) * (3 - image.GetDimension())
-        axis = self.axis if self.axis is not None else max((a for a, n in enumerate(size) if n == 1), default=2)
-        if axis not in (0, 1, 2):
-            raise UserError(f"--axis {axis}: give 0 (i), 1 (j) or 2 (k)")
-        if image.GetDimension() == 2 and axis != 2:
-            raise UserError(f"--axis {axis}: a 2D image is one slice (along axis 2): drop --axis")
-        if self.index is not None and not 0 <= self.index < size[axis]:
-            raise UserError(f"--slice {self.index} is out of range: the image has {size[axis]} slices along axis "
-                            f"{axis}; give 0 to {size[axis] - 1}")
-        return Slices(axis, self.index)
-
-
-@dataclass(frozen=True)
-class NetworkView:
-    """What the network sees of an image: the spacing (mm) and extent of the volume (3D model) or of each slice
-    (2D model) along its LPS axes ``axes`` (``LPS``, or the slice plane's two, such as ``PS``), the number of
-    slices segmented (1 for a 3D model) and the number of input voxels segmented."""
-
-    spacing: tuple[float, ...]
-    extent: tuple[float, ...]
-    axes: str
-    slices: int
-    voxels: int
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    """Sliding windows over the working grid: its ``shape`` (array axes, of the volume or of each slice), the
-    window size ``patch`` and the items (slices) that go through the network together (``batch``)."""
-
-    shape: tuple[int, ...]
-    patch: tuple[int, ...]
-    batch: int
-
-
-@dataclass
-class SpacingChoice:
-    spacing: tuple[float, ...]  # x, y, z order (as SimpleITK)
-    notes: list[str] = field(default_factory=list)
 
 
 class Segmenter:
@@ -151,14 +64,14 @@ class Segmenter:
     def __init__(
         self, model: SegmentationModel, device: str = "auto", patch: int | None = None,
         overlap: float = 0.5, cache_size: int = 8, slices: Slices = Slices(), tta: Sequence[int] | None = None,
-        max_memory_mb: float | None = None,
+        max_memory_mb: float | None = None, backend: str = "auto",
     ) -> None:
         if model.dim == 3 and slices != Slices():
             raise UserError("a 3D model segments whole volumes: drop --axis and --slice, or use a 2D model")
         check_memory_budget(max_memory_mb)
         self.model = model
         self.slices = slices
-        self.flips = _flips(tta, model.dim)
+        self.flips = tta_flips(tta, model.dim)
         self.device = resolve_device(device)
         self.model.network.to(self.device)
         if patch is not None and (problem := model.unet_config.patch_problem(patch)):
@@ -167,7 +80,12 @@ class Segmenter:
         self.max_memory_mb = max_memory_mb
         self.overlap = overlap
         self.cache_size = cache_size
-        self._networks: OrderedDict[tuple[float, ...], nn.Module] = OrderedDict()
+        self.backend = check_backend(backend)
+        if backend == "onnxruntime" and self.device.type != "cpu":
+            raise UserError("--backend onnxruntime runs on the CPU: add --device cpu, or use --backend torch")
+        self._networks: OrderedDict[tuple, nn.Module | OnnxRuntimeNetwork] = OrderedDict()
+        self._digest: str | None = None
+        self.backend_used: str | None = None  # what ran the last prediction: "torch" or "onnxruntime"
         self._seconds_per_voxel_measured: float | None = None
 
     # networks -------------------------------------------------------------------------------------
@@ -175,15 +93,56 @@ class Segmenter:
         """The U-Net for a spacing in array-axis order: generated once per rounded spacing for HyperSpace; on the
         CPU a 3D U-Net runs in channels-last memory order (``UNet.to_channels_last``)."""
         network = self.model.network
-        if not isinstance(network, HyperSpaceNet):
+        key = self._spacing_key(spacing_zyx)
+        if key is None:
             return self._prepared(network)
-        key = tuple(round(float(s), 2) for s in spacing_zyx)
         if key not in self._networks:
             self._networks[key] = self._prepared(network.static_unet(key))
-            while len(self._networks) > self.cache_size:
-                self._networks.popitem(last=False)
+            self._trim_networks()
         self._networks.move_to_end(key)
         return self._networks[key]
+
+    def predictor_for(self, spacing_zyx: Sequence[float], voxels: int, reporter: Reporter) -> Any:
+        """What predicts at a spacing (array-axis order) on a working grid of ``voxels`` (every window and item): the
+        torch network (``network_for``), or its ONNX Runtime export (see ``backends``; exported once, in a stage of
+        the predict stage of ``reporter``, which notes it)."""
+        key = self._spacing_key(spacing_zyx)
+        if not self._onnxruntime_for(key, voxels):
+            return self.network_for(spacing_zyx)
+        cache_key = ("onnxruntime", key)
+        if cache_key not in self._networks:
+            self._digest = self._digest or network_digest(self.model.network)
+            unet = self.model.network.static_unet(key) if key is not None else self.model.network
+            try:
+                self._networks[cache_key] = onnxruntime_network(unet, self._digest, key, reporter.log)
+            except UserError:
+                if self.backend == "onnxruntime":
+                    raise
+                return self.network_for(spacing_zyx)  # auto: torch, as without ONNX Runtime
+            self._trim_networks()
+        self._networks.move_to_end(cache_key)
+        return self._networks[cache_key]
+
+    def _onnxruntime_for(self, key: tuple[float, ...] | None, voxels: int) -> bool:
+        """Whether the network of ``key`` runs on ONNX Runtime (see ``backends``)."""
+        if self.backend != "auto":
+            return self.backend == "onnxruntime"
+        if self.device.type != "cpu" or self.model.dim != 3 or not onnxruntime_installed():
+            return False
+        if ("onnxruntime", key) in self._networks or voxels >= EXPORT_PAYS_VOXELS:
+            return True
+        self._digest = self._digest or network_digest(self.model.network)
+        return exported_path(self._digest, key).is_file()
+
+    def _spacing_key(self, spacing_zyx: Sequence[float]) -> tuple[float, ...] | None:
+        """The cache key of a spacing's network: rounded to 0.01 mm; ``None`` for a model of fixed weights."""
+        if not isinstance(self.model.network, HyperSpaceNet):
+            return None
+        return tuple(round(float(s), 2) for s in spacing_zyx)
+
+    def _trim_networks(self) -> None:
+        while len(self._networks) > self.cache_size:
+            self._networks.popitem(last=False)
 
     def _prepared(self, network: nn.Module) -> nn.Module:
         if self.device.type == "cpu" and isinstance(network, UNet) and not network.channels_last:
@@ -249,7 +208,7 @@ class Segmenter:
             return request.max_seconds is None or self.estimate_seconds(image, spacing) <= request.max_seconds
 
         floor = min(native) if extrapolate else min(max(min(native), low), high)
-        coarsest = max(max(native), high) * _EXTRAPOLATION_REACH if extrapolate else high
+        coarsest = max(max(native), high) * EXTRAPOLATION_REACH if extrapolate else high
         spacing = candidate(floor)
         while not fits(spacing) and floor < coarsest:
             floor = min(floor * 1.02, coarsest)
@@ -274,7 +233,7 @@ class Segmenter:
     # estimates ------------------------------------------------------------------------------------
     def view(self, image: sitk.Image) -> NetworkView:
         """The network's view of ``image``, from its header alone (no copy of the voxels)."""
-        from_file = _reoriented_axes(image)
+        from_file = reoriented_axes(image)
         spacing = [image.GetSpacing()[a] for a in from_file]
         size = [image.GetSize()[a] for a in from_file]
         slice_axis = self._slice_axis(image)
@@ -293,7 +252,7 @@ class Segmenter:
             return None
         if image.GetDimension() == 2:
             return 2
-        return _reoriented_axes(image).index(self.slices.resolved(image).axis)
+        return reoriented_axes(image).index(self.slices.resolved(image).axis)
 
     def native_spacing(self, image: sitk.Image) -> tuple[float, ...]:
         """The image's spacing as the network sees it: LPS axes, or the two of a 2D model's slice plane."""
@@ -336,7 +295,7 @@ class Segmenter:
 
     def memory_budget_mb(self) -> float:
         """The memory (MB) a run may take on the device: ``max_memory_mb``, or ``MEMORY_SHARE`` of what is free."""
-        return self.max_memory_mb if self.max_memory_mb is not None else MEMORY_SHARE * available_memory_mb(self.device)
+        return self.max_memory_mb if self.max_memory_mb is not None else MEMORY_SHARE * system.available_memory_mb(self.device)
 
     def estimate_memory_mb(self, image: sitk.Image, spacing: Sequence[float]) -> float:
         """Memory (MB) that segmenting ``image`` at ``spacing`` adds (with the windows of ``windows``)."""
@@ -395,65 +354,12 @@ class Segmenter:
 
     def check_memory(self, image: sitk.Image, spacing: Sequence[float], allow_extrapolation: bool = False) -> float:
         """The estimated need (MB); a ``UserError`` if even the smallest windows exceed the budget (``max_memory_mb``)
-        or what is free on the device, with only advice that works (see ``_memory_advice``)."""
-        need = self.estimate_memory_mb(image, spacing)
-        free = available_memory_mb(self.device)
-        limit = self._memory_limit_mb(free)
-        if need > limit:
-            what = (f"the budget is {_megabytes(self.max_memory_mb)} MB (--max-memory)" if limit < 0.9 * free
-                    else f"{free:,.0f} MB are free on {self.device.type}")
-            raise UserError(
-                f"segmenting at spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm needs about "
-                f"{_megabytes(need)} MB but {what}: {self._memory_advice(image, spacing, need, free, allow_extrapolation)}"
-            )
-        return need
+        or what is free on the device, with only advice that works (``memory.check_memory``)."""
+        return check_memory(self, image, spacing, allow_extrapolation)
 
-    def _memory_limit_mb(self, free: float) -> float:
+    def memory_limit_mb(self, free: float) -> float:
         """The most memory (MB) ``check_memory`` lets a run need, ``free`` MB being free on the device."""
         return min(self.max_memory_mb, 0.9 * free) if self.max_memory_mb is not None else 0.9 * free
-
-    def _memory_advice(self, image: sitk.Image, spacing: Sequence[float], need: float, free: float,
-                       allow_extrapolation: bool) -> str:
-        """What to do when segmenting ``image`` at ``spacing`` needs ``need`` MB, more than the budget allows: only
-        what fits (each estimated as the run that follows it would): a coarser spacing in the trained range (beyond
-        it with ``allow_extrapolation`` or an FS model, whose spacing is not clamped), else a larger ``--max-memory``
-        where the device has the memory, else a spacing beyond the trained range with ``--allow-extrapolation``."""
-        low, high = self.model.spacing_range
-        unclamped = allow_extrapolation or self.model.method == "fs"
-        advice = []
-        coarser = self._coarser_spacing_that_fits(image, spacing, need, None if unclamped else high)
-        if coarser is not None:
-            return f"use a coarser spacing such as --spacing {' '.join(f'{s:g}' for s in coarser)}"
-        if self.max_memory_mb is not None and need * 1.1 <= 0.9 * free:
-            advice.append(f"give a larger budget such as --max-memory {math.ceil(need * 1.1)} ({free:,.0f} MB are free "
-                          f"on {self.device.type})")
-        if not unclamped:
-            beyond = self._coarser_spacing_that_fits(image, spacing, need, None)
-            if beyond is not None:
-                advice.append(f"use --spacing {' '.join(f'{s:g}' for s in beyond)} --allow-extrapolation (coarser "
-                              f"than the trained range {low:g}-{high:g} mm: less accurate)")
-        if advice:
-            return " or ".join(advice)
-        return (f"even the coarsest spacing and smallest windows need more: free memory on {self.device.type} (close "
-                "other programs), or segment on a machine with more memory")
-
-    def _coarser_spacing_that_fits(self, image: sitk.Image, spacing: Sequence[float], need: float,
-                                   high: float | None) -> tuple[float, ...] | None:
-        """A coarser spacing (at most ``high`` per axis; ``None``: up to ``_EXTRAPOLATION_REACH`` times the coarsest
-        axis or the trained range) whose estimated need fits the budget, rounded up to 0.01 mm as printed; or
-        ``None`` if none does."""
-        limit = self._memory_limit_mb(available_memory_mb(self.device))
-        reach = high if high is not None else max(max(spacing), self.model.spacing_range[1]) * _EXTRAPOLATION_REACH
-        factor = max((need / (0.55 * limit)) ** (1 / len(spacing)), 1.01)
-        previous = None
-        for _ in range(200):
-            candidate = tuple(max(s, min(math.ceil(s * factor * 100) / 100, reach)) for s in spacing)
-            if candidate == previous:  # every axis at the reach: nothing coarser to try
-                return None
-            if self.estimate_memory_mb(image, candidate) <= limit:
-                return candidate
-            previous, factor = candidate, factor * 1.15
-        return None
 
     # segmentation ---------------------------------------------------------------------------------
     def segment(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter,
@@ -470,9 +376,9 @@ class Segmenter:
         axes: x, y, z, or a 2D model's slice plane's two). Voxels not segmented (other slices than ``--slice``, or
         outside ``mask``, a boolean array of ``image``'s shape) are background with certainty. A 3D model predicts
         on the box around what is not background (``cropping``)."""
-        restorable = self.working_probabilities(image, spacing, reporter, mask)
+        part = self.working_probabilities(image, spacing, reporter, mask)
         with reporter.stage("restore input grid"):
-            return _masked(restorable.probabilities(), mask)
+            return masked(part.probabilities(), mask)
 
     def working_probabilities(self, image: sitk.Image, spacing: Sequence[float], reporter: Reporter,
                               mask: np.ndarray | None = None) -> Restorable:
@@ -487,7 +393,7 @@ class Segmenter:
         with reporter.stage("resample to working spacing"):
             array = self._normalised(sitk.GetArrayViewFromImage(oriented), item_axis)
             if slice_axis is None:
-                region = foreground_region(array, outside, oriented.GetSpacing()[::-1], _oriented(mask, image))
+                region = foreground_region(array, outside, oriented.GetSpacing()[::-1], oriented_like_canonical(mask, image))
             if region is not None:
                 array, target = region.take(array, outside), region.grid(oriented)
             normalised = sitk.GetImageFromArray(array)
@@ -508,7 +414,9 @@ class Segmenter:
         if slice_axis is not None:
             name = f"predict {count} slices, up to {batch} at a time, {windows_text} each"
         with reporter.stage(name, total=math.ceil(count / batch) * windows * len(self.flips)) as update:
-            network = self.network_for(tuple(reversed(spacing)))  # as asked: one network for a batch of scans
+            voxels = count * windows * math.prod(patch) * len(self.flips)
+            network = self.predictor_for(tuple(reversed(spacing)), voxels, reporter)  # one for a batch of scans
+            self.backend_used = "onnxruntime" if isinstance(network, OnnxRuntimeNetwork) else "torch"
             batched = np.empty((count, classes, *shape), np.float32) if count > batch else None
             for start in range(0, count, batch):
                 images = torch.tensor(items[start:start + batch], device=self.device)[:, None]
@@ -552,105 +460,6 @@ class Segmenter:
         return normalised
 
 
-
-def restorable(probabilities: np.ndarray, oriented: sitk.Image, source: sitk.Image, region: Region | None = None,
-               plane: bool = False, slice_at: tuple[int, int] | None = None,
-               image_shape: tuple[int, ...] | None = None) -> Restorable:
-    """Class probabilities ``(classes, *working shape)`` on the working grid (any spacing; see
-    ``geometry.working_grid``) of ``oriented`` (``canonical(source)``), or of the box ``region`` of its array,
-    ready to go back onto the grid of ``source`` (``restore.Restorable``; ``plane``, ``slice_at`` and
-    ``image_shape`` say where ``source`` lies in the image, as there)."""
-    shape = oriented.GetSize()[::-1]
-    low, box = (region.low, region.shape) if region is not None else ((0,) * len(shape), shape)
-    axes = array_axes_from(oriented, source)
-    tables = tuple(axis_table(probabilities.shape[1 + axis], low[axis], box[axis], shape[axis], flipped)
-                   for axis, flipped in axes)
-    values = np.ascontiguousarray(np.transpose(probabilities, [0] + [1 + axis for axis, _ in axes]), np.float32)
-    return Restorable(values, tables, plane, slice_at, image_shape)
-
-
-def on_input_grid(probabilities: np.ndarray, oriented: sitk.Image, reference: sitk.Image) -> np.ndarray:
-    """Class probabilities ``(classes, *working shape)`` on a working grid of ``oriented`` (any spacing; see
-    ``geometry.working_grid``), ``reference`` with axes permuted and flipped such as ``canonical(reference)``,
-    resampled linearly onto the grid of ``reference``: ``(classes, *reference shape)``, float32."""
-    return restorable(probabilities, oriented, reference).probabilities()
-
-
-def labels_on_input_grid(parts: Sequence[Restorable], values: Sequence[int], reference: sitk.Image,
-                         reporter: Reporter | None = None, mask: np.ndarray | None = None) -> sitk.Image:
-    """The labels of the mean of ``parts``' probabilities (``Segmenter.working_probabilities``: one model's, or an
-    ensemble's members' in order) on ``reference``'s grid, background outside ``mask``: the same, bit for bit, as
-    ``labels_from_probabilities`` of the mean of their ``probabilities`` (summed in order, then divided by their
-    number), with the interpolation done only where it can change the label (``restore``)."""
-    with reporter.stage("restore input grid") if reporter is not None else contextlib.nullcontext():
-        most_likely = restored_labels(parts, mask)
-    with reporter.stage("labels") if reporter is not None else contextlib.nullcontext():
-        return _label_image(most_likely, values, reference)
-
-
-def labels_from_probabilities(probabilities: np.ndarray, values: Sequence[int], reference: sitk.Image) -> sitk.Image:
-    """The label value (``values[c]`` for class ``c``) of the most likely class at each voxel, on ``reference``'s
-    grid (ties: the lowest value)."""
-    return _label_image(most_likely_class(probabilities), values, reference)
-
-
-def _label_image(most_likely: np.ndarray, values: Sequence[int], reference: sitk.Image) -> sitk.Image:
-    """The label values of class indices ``most_likely`` as an image on ``reference``'s grid."""
-    same = list(values) == list(range(len(values)))  # class c is label c: no look-up
-    labels = sitk.GetImageFromArray(most_likely if same else np.asarray(values, np.uint8)[most_likely])
-    labels.CopyInformation(reference)
-    return labels
-
-
-def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
-    """-sum p log p / log(classes) over the classes (the first axis): 0 where one class is certain, 1 where all
-    are equally likely; float32."""
-    entropy = sum(scipy.special.entr(np.clip(channel, 0.0, 1.0)) for channel in probabilities)
-    return np.clip(entropy / math.log(len(probabilities)), 0.0, 1.0).astype(np.float32)
-
-
-def _flips(tta: Sequence[int] | None, dim: int) -> list[tuple[int, ...]]:
-    """The array dimensions (of a ``(batch, channels, *shape)`` tensor) to flip for each prediction that test-time
-    augmentation averages: every combination of the axes ``tta`` of the network's view (``()``: all ``dim``),
-    the unflipped prediction included; ``[()]`` without augmentation."""
-    if tta is None:
-        return [()]
-    axes = sorted(set(tta)) if tta else list(range(dim))
-    if any(a not in range(dim) for a in axes):
-        names = "0 (L-R), 1 (P-A), 2 (S-I)" if dim == 3 else "0, 1 (the slice plane's axes, in L, P, S order)"
-        raise UserError(f"--tta {' '.join(map(str, tta))}: a {dim}D model's axes are {names}; give some of them, or "
-                        "none for all")
-    dims = [2 + dim - 1 - a for a in axes]  # array axes are in reverse (k, j, i) order, after batch and channels
-    return [combination for count in range(len(dims) + 1) for combination in itertools.combinations(dims, count)]
-
-
-def _reoriented_axes(image: sitk.Image) -> tuple[int, ...]:
-    """For each axis of ``canonical(image)``, the axis of ``image`` it is (reorientation permutes and flips axes):
-    read from the directions alone, by reorienting a one-voxel image with the same direction."""
-    dim = image.GetDimension()
-    probe = sitk.Image([1] * dim, sitk.sitkUInt8)
-    probe.SetDirection(image.GetDirection())
-    cosines = np.reshape(image.GetDirection(), (dim, dim)).T @ np.reshape(canonical(probe).GetDirection(), (dim, dim))
-    return tuple(int(np.argmax(np.abs(cosines[:, axis]))) for axis in range(dim))
-
-
-def _oriented(mask: np.ndarray | None, image: sitk.Image) -> np.ndarray | None:
-    """``mask`` (an array on ``image``'s grid) with its axes permuted and flipped as ``canonical(image)``'s."""
-    if mask is None or image.GetDimension() != 3:
-        return mask
-    holder = sitk.GetImageFromArray(mask.astype(np.uint8))
-    holder.CopyInformation(image)
-    return sitk.GetArrayViewFromImage(canonical(holder)) > 0
-
-
-def _masked(probabilities: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """``probabilities`` (classes first) made background with certainty outside ``mask``, in place."""
-    if mask is not None:
-        probabilities[:, ~mask] = 0.0
-        probabilities[0, ~mask] = 1.0
-    return probabilities
-
-
 def _by_item(array: np.ndarray, item_axis: int | None) -> np.ndarray:
     """A view of ``array`` with its items first: its slices along ``item_axis``, or (``None``) itself as one item."""
     return array[None] if item_axis is None else np.moveaxis(array, item_axis, 0)
@@ -663,11 +472,6 @@ def _at_least(patch: Sequence[int], shape: Sequence[int], least: int) -> tuple[i
 
 def _clamp(spacing: Sequence[float], low: float, high: float) -> tuple[float, ...]:
     return tuple(min(max(float(s), low), high) for s in spacing)
-
-
-def _megabytes(value: float) -> str:
-    """MB as shown in messages: whole numbers with thousands separators, two digits below 10 MB."""
-    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def _mm(spacing: Sequence[float]) -> str:

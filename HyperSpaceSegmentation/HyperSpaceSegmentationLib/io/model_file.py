@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, message_line
 from ..networks import HyperConfig, HyperSpaceNet, UNet, UNetConfig
 from ..preprocessing import MODALITIES, VERSIONS, Normalisation
-from .images import atomic_output
+from .input_files import input_file
+from .outputs import atomic_output
 
 FORMAT = "hyperspace-segmentation-model"
 VERSION = 1
@@ -92,11 +93,8 @@ def save_model(model: SegmentationModel, path: str | os.PathLike, overwrite: boo
 
 def load_model(path: str | os.PathLike) -> SegmentationModel:
     """Read a model file; a ``UserError`` names a missing, corrupt or unknown-version file."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a model file: give the path of a .pt model file")
-    if not path.is_file():
-        raise UserError(f"model file {path} does not exist: check the --model path")
+    path = input_file(path, folder="{path} is a folder, not a model file: give the path of a .pt model file",
+                      missing="model file {path} does not exist: check the --model path")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged files
@@ -131,7 +129,7 @@ def load_model(path: str | os.PathLike) -> SegmentationModel:
                             "infinite values; use an intact model file, or retrain from an earlier checkpoint")
         model.trainable().load_state_dict(state)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError) as error:
-        raise UserError(f"model file {path} is incomplete or inconsistent ({_short(error)}): use an intact model file") from None
+        raise UserError(f"model file {path} is incomplete or inconsistent ({message_line(error, 160, first=True)}): use an intact model file") from None
     network.eval()
     return model
 
@@ -202,7 +200,3 @@ def metadata_problem(
         if not all(math.isfinite(v) for v in values) or not (values[0] < values[1] and values[3] > 0):
             return f"CT window {values[0]}-{values[1]} or standard deviation {values[3]} is not valid"
     return None
-
-
-def _short(error: Exception) -> str:
-    return str(error).splitlines()[0][:160] if str(error) else type(error).__name__

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from ..io.images import file_name_problem
+from ..io.input_files import input_file, read_json
+from ..io.outputs import file_name_problem
 from ..preprocessing import MODALITIES
 
 if TYPE_CHECKING:
@@ -64,17 +65,9 @@ class Dataset:
 
 def load_dataset(path: str | os.PathLike) -> Dataset:
     """Read and check a dataset JSON; every problem is a one-line ``UserError``."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: give the path of the dataset JSON file")
-    if not path.is_file():
-        raise UserError(f"dataset file {path} does not exist: give the path of the dataset JSON")
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8-sig"))  # UTF-8 on every system, with or without a BOM
-    except UnicodeDecodeError:
-        raise UserError(f"dataset file {path} is not UTF-8 text: save it as a UTF-8 JSON file") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"dataset file {path} is not valid JSON ({error}): fix its syntax") from None
+    path = input_file(path, folder="{path} is a folder: give the path of the dataset JSON file",
+                      missing="dataset file {path} does not exist: give the path of the dataset JSON")
+    spec = read_json(path, "dataset file")
     if not isinstance(spec, dict):
         kind = {list: "list", str: "string", bool: "true or false", type(None): "null"}.get(type(spec), "number")
         raise UserError(f"dataset file {path} holds a JSON {kind}, not an "

@@ -197,14 +197,15 @@ class PatchSampler:
             sigmas = [s + rng.uniform(0.25, 0.75) * sp for s, sp in zip(sigmas, spacing)]
         radius = 0.5 * float(np.linalg.norm(spacing * patch)) * max(scale, 1.0) * 1.3 + 4 * max(sigmas) + 4
         if synthetic and self.dim == 3:
-            image_crop, label_crop = self._synthetic_crop(case, centre, radius, spacing * scale, rng)
+            image_crop, label_crop = self._synthetic_crop(case, centre, radius, spacing=spacing * scale, rng=rng)
         else:  # a real image, or a synthetic slice (2D)
             image_crop, label_crop = _crop(source, centre, radius), _crop(source_labels, centre, radius)
         if synthetic:
             sigmas = [s * rng.uniform(1.0, 1.5) for s in sigmas]  # acquisitions blur a little more or less
-        image = sitk.Resample(smooth(image_crop, sigmas), reference, transform, sitk.sitkLinear, case.outside_value,
-                              sitk.sitkFloat32)
-        labels = sitk.Resample(label_crop, reference, transform, sitk.sitkNearestNeighbor, IGNORE, sitk.sitkUInt8)
+        image = sitk.Resample(smooth(image_crop, sigmas), reference, transform=transform, interpolator=sitk.sitkLinear,
+                              defaultPixelValue=case.outside_value, outputPixelType=sitk.sitkFloat32)
+        labels = sitk.Resample(label_crop, reference, transform=transform, interpolator=sitk.sitkNearestNeighbor,
+                               defaultPixelValue=IGNORE, outputPixelType=sitk.sitkUInt8)
         image_array = sitk.GetArrayFromImage(image)
         label_array = sitk.GetArrayFromImage(labels)
         if augment:
@@ -287,8 +288,9 @@ def _on_coarse_grid(transform: sitk.Transform, reference: sitk.Image, points: in
     its B-spline."""
     size = [points] * reference.GetDimension()
     spacing = [s * (n - 1) / (points - 1) for s, n in zip(reference.GetSpacing(), reference.GetSize())]
-    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, size, reference.GetOrigin(), spacing,
-                                              reference.GetDirection())
+    field = sitk.TransformToDisplacementField(transform, outputPixelType=sitk.sitkVectorFloat64, size=size,
+                                              outputOrigin=reference.GetOrigin(), outputSpacing=spacing,
+                                              outputDirection=reference.GetDirection())
     return sitk.DisplacementFieldTransform(field)
 
 

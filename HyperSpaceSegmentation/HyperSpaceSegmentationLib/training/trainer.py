@@ -25,7 +25,9 @@ from tqdm import tqdm
 from ..errors import UserError, error_line
 from ..evaluation.metrics import METRICS, Comparison, compute
 from ..inference import Segmenter, Slices, SpacingRequest
-from ..io.images import atomic_output, check_writable, output_folder
+from ..inference.cases import process_rank
+from ..io.input_files import input_file
+from ..io.outputs import atomic_output, check_writable, output_folder
 from ..io.model_file import METHODS, SegmentationModel, build_network, load_model, save_model
 from ..networks import HyperConfig, HyperSpaceNet, UNetConfig
 from ..networks.unet import INPUT_FEATURES
@@ -181,14 +183,6 @@ def polynomial_schedule(optimizer: torch.optim.Optimizer, first_step: int, total
     )
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) for one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
     """Train a model as ``config`` says and write ``output/model.pt``; returns its path.
 
@@ -200,12 +194,12 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, qu
                      ife_ratios=tuple(config.ife_ratios), slice_axes=tuple(config.slice_axes))
     with output_folder(config.output, "-o") as output:  # removed again if the run fails before writing anything
         check_writable(output / "model.pt", overwrite=True)
-        return _train(config, output, resume, overwrite, quiet)
+        return _train(config, output, resume=resume, overwrite=overwrite, quiet=quiet)
 
 
 def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, quiet: bool) -> Path:
     checkpoint_path, model_path = output / "checkpoint.pt", output / "model.pt"
-    rank, world, local_rank = _distributed()
+    rank, world, local_rank = process_rank()
     if model_path.exists() and not (overwrite or resume):
         raise UserError(f"{model_path} exists: pass --overwrite to train again or --resume to continue")
     checkpoint = _load_checkpoint(checkpoint_path) if resume else None
@@ -223,7 +217,40 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
         if device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _seed(config.seed + rank)
+    sampler, model = _sampler_and_model(config, dataset, training, device)
+    if config.init and not checkpoint:
+        _initialise(model, config.init)
+    optimizer = torch.optim.Adam(model.trainable().parameters(), lr=config.learning_rate)
+    progress = _Progress()
+    if checkpoint:
+        progress = _resumed(checkpoint, checkpoint_path, model, optimizer)
+        if rank == 0:
+            print(f"resuming {output} at step {progress.step} of {config.iterations} with the checkpoint's settings: "
+                  f"{_describe(config)}", file=sys.stderr, flush=True)
+    seconds = _optimise(config, model=model, optimizer=optimizer, sampler=sampler, validation=validation,
+                        progress=progress, checkpoint_path=checkpoint_path, device=device, quiet=quiet)
+    if rank == 0:
+        _save_trained(model, model_path, config=config, progress=progress, world=world, device=device,
+                      seconds=seconds)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return model_path
 
+
+@dataclass
+class _Progress:
+    """How far a run has come: its step, the loss of each step, and the validation Dice at each checkpoint."""
+
+    step: int = 0
+    history: list[float] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)
+
+
+def _sampler_and_model(config: TrainConfig, dataset: Dataset, training: list[tuple[sitk.Image, np.ndarray]],
+                       device: torch.device) -> tuple[PatchSampler, SegmentationModel]:
+    """The patch sampler over the training cases (with the intensity normalisation fitted to them) and the untrained
+    model, its network on ``device``."""
     normalisation = fit_normalisation(
         dataset.modality, [(sitk.GetArrayViewFromImage(image), classes) for image, classes in training]
     )
@@ -231,52 +258,58 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
     if synthesise and all(image.GetDimension() == 2 for image, _ in training):
         raise UserError(f"dataset file {config.dataset}: 'synthetic' images are drawn from volumes (heads around "
                         "3D label maps), and its images are 2D: remove 'synthetic', or give volumes")
-    cases = [LoadedCase(image, classes, normalisation, config.dim, synthesise,
-                        read_generation(case) if synthesise else None)
+    cases = [LoadedCase(image, classes, normalisation, config.dim, synthesise=synthesise,
+                        generation=read_generation(case) if synthesise else None)
              for (image, classes), case in zip(training, dataset.training)]
     fixed = (config.fixed_spacing,) * config.dim if config.fixed_spacing else None
     sampler = PatchSampler(cases, SamplingConfig(
         (config.patch,) * config.dim, config.spacing_min, config.spacing_max, fixed, augment=config.augment,
         slice_axes=config.slice_axes, synthesis=dataset.synthetic,
     ))
-    unet_config = config.unet_config(len(label_values))
-    hyper_config = HyperConfig(config.hidden, 3, config.rank, config.spacing_min, config.spacing_max)
+    unet_config = config.unet_config(len(dataset.labels))
+    hyper_config = HyperConfig(hidden=config.hidden, hidden_layers=3, rank=config.rank, spacing_min=config.spacing_min,
+                               spacing_max=config.spacing_max)
     network = build_network(config.method, unet_config, hyper_config).to(device)
     model = SegmentationModel(
-        config.method, network, dataset.labels, (config.spacing_min, config.spacing_max), normalisation,
-        fixed, dataset.colors,
+        config.method, network, dataset.labels, (config.spacing_min, config.spacing_max), normalisation=normalisation,
+        fixed_spacing=fixed, colors=dataset.colors,
     )
-    trainable = model.trainable()
-    if config.init and not checkpoint:
-        _initialise(model, config.init)
-    optimizer = torch.optim.Adam(trainable.parameters(), lr=config.learning_rate)
-    step, history, validation_history = 0, [], []
-    if checkpoint:
-        try:
-            trainable.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as error:
-            raise UserError(f"--resume: the weights in {checkpoint_path} do not fit this run's network "
-                            f"({error_line(error)}): it is damaged or from another run; train again without "
-                            "--resume") from None
-        step, history = checkpoint["step"], checkpoint["history"]
-        validation_history = checkpoint.get("validation", [])
-        if rank == 0:
-            print(f"resuming {output} at step {step} of {config.iterations} with the checkpoint's settings: "
-                  f"{_describe(config)}", file=sys.stderr, flush=True)
-    schedule = polynomial_schedule(optimizer, step, config.iterations)
+    return sampler, model
+
+
+def _resumed(checkpoint: dict, path: Path, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> _Progress:
+    """The weights and optimizer state of the checkpoint (read from ``path``) set in ``model`` and ``optimizer``;
+    returns its progress."""
+    try:
+        model.trainable().load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as error:
+        raise UserError(f"--resume: the weights in {path} do not fit this run's network "
+                        f"({error_line(error)}): it is damaged or from another run; train again without "
+                        "--resume") from None
+    return _Progress(checkpoint["step"], checkpoint["history"], checkpoint.get("validation", []))
+
+
+def _optimise(config: TrainConfig, *, model: SegmentationModel, optimizer: torch.optim.Optimizer,
+              sampler: PatchSampler, validation: list, progress: _Progress, checkpoint_path: Path,
+              device: torch.device, quiet: bool) -> float:
+    """Train ``model`` from ``progress`` to ``config.iterations`` steps (DDP across a ``torchrun`` group), process 0
+    scoring the validation cases and writing a checkpoint every ``checkpoint_every`` steps; returns the seconds."""
+    rank, world, local_rank = process_rank()
+    network, trainable = model.network, model.trainable()
+    schedule = polynomial_schedule(optimizer, progress.step, config.iterations)
     wrapped = torch.nn.parallel.DistributedDataParallel(  # buffers are constants (no batch norm): never re-sent
         network, device_ids=[local_rank] if device.type == "cuda" else None, broadcast_buffers=False,
     ) if world > 1 else network
-    stream = PatchStream(sampler, config.batch_size, config.seed, rank, first_step=step)
+    stream = PatchStream(sampler, config.batch_size, config.seed, rank, first_step=progress.step)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                          persistent_workers=config.workers > 0)
-    bar = tqdm(total=config.iterations, initial=step, desc=f"train {config.method}", disable=quiet or rank != 0,
-               dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(total=config.iterations, initial=progress.step, desc=f"train {config.method}",
+               disable=quiet or rank != 0, dynamic_ncols=True, mininterval=2.0)
     network.train()
     start = time.perf_counter()
     batches = iter(loader)
-    while step < config.iterations:
+    while progress.step < config.iterations:
         images, labels, spacings = (t.to(device, non_blocking=True) for t in next(batches))
         logits = wrapped(images, spacings) if isinstance(network, HyperSpaceNet) else wrapped(images)
         loss = dice_ce_loss(logits, labels)
@@ -285,36 +318,38 @@ def _train(config: TrainConfig, output: Path, resume: bool, overwrite: bool, qui
         torch.nn.utils.clip_grad_norm_(trainable.parameters(), 12.0)
         optimizer.step()
         schedule.step()
-        step += 1
-        history.append(float(loss.detach()))
+        progress.step += 1
+        progress.history.append(float(loss.detach()))
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(history[-20:]):.3f}")
-        if rank == 0 and (step % config.checkpoint_every == 0 or step == config.iterations):
+        bar.set_postfix(loss=f"{np.mean(progress.history[-20:]):.3f}")
+        if rank == 0 and (progress.step % config.checkpoint_every == 0 or progress.step == config.iterations):
             if validation:
                 dice = validation_dice(model, validation, device, config.slice_axes)
-                validation_history.append({"step": step, "dice": dice})
+                progress.validation.append({"step": progress.step, "dice": dice})
                 if not quiet:
                     for line in _dice_lines(dice):
-                        bar.write(f"validation at step {step}, {line}", file=sys.stderr)
-            _save_checkpoint(checkpoint_path, config, trainable, optimizer, step, history, validation_history)
+                        bar.write(f"validation at step {progress.step}, {line}", file=sys.stderr)
+            _save_checkpoint(checkpoint_path, config, trainable, optimizer, step=progress.step,
+                             history=progress.history, validation=progress.validation)
     bar.close()
-    if rank == 0:
-        model.training = {
-            "method": config.method, "iterations": config.iterations, "processes": world,
-            "device": device.type, "seconds": round(time.perf_counter() - start, 1),
-            "final_loss": float(np.mean(history[-50:])), "config": _json_config(config), **config.notes,
-        }
-        if config.slice_axes:
-            model.training["slice_axes"] = list(config.slice_axes)
-        if validation_history:
-            model.training["validation_dice"] = validation_history[-1]["dice"]
-            model.training["validation_history"] = validation_history
-        network.eval()
-        save_model(model, model_path, overwrite=True)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return model_path
+    return time.perf_counter() - start
+
+
+def _save_trained(model: SegmentationModel, path: Path, *, config: TrainConfig, progress: _Progress, world: int,
+                  device: torch.device, seconds: float) -> None:
+    """Write the trained ``model`` to ``path`` with the record of its training (``model.training``)."""
+    model.training = {
+        "method": config.method, "iterations": config.iterations, "processes": world,
+        "device": device.type, "seconds": round(seconds, 1),
+        "final_loss": float(np.mean(progress.history[-50:])), "config": _json_config(config), **config.notes,
+    }
+    if config.slice_axes:
+        model.training["slice_axes"] = list(config.slice_axes)
+    if progress.validation:
+        model.training["validation_dice"] = progress.validation[-1]["dice"]
+        model.training["validation_history"] = progress.validation
+    model.network.eval()
+    save_model(model, path, overwrite=True)
 
 
 def _initialise(model: SegmentationModel, path: str) -> None:
@@ -412,10 +447,8 @@ CHECKPOINT_KEYS = {"config": dict, "model": dict, "optimizer": dict, "step": int
 def _load_checkpoint(path: Path) -> dict:
     """A checkpoint of ``_save_checkpoint``, loaded with ``weights_only=True`` (tensors, dicts, lists, numbers and
     strings; no code from the file runs); a one-line ``UserError`` for a missing, damaged, truncated or foreign one."""
-    if path.is_dir():
-        raise UserError(f"--resume: {path} is a folder, not a checkpoint: remove it, or train without --resume")
-    if not path.exists():
-        raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
+    input_file(path, folder="--resume: {path} is a folder, not a checkpoint: remove it, or train without --resume",
+               missing="--resume: no checkpoint at {path}; start without --resume")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged, truncated or foreign files

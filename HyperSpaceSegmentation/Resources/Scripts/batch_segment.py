@@ -29,7 +29,7 @@ if str(MODULE_FOLDER) not in sys.path:
     sys.path.insert(0, str(MODULE_FOLDER))
 
 from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
-from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic  # noqa: E402
+from HyperSpaceSegmentationLib.mrml_logic import HyperSpaceMRMLLogic, PostprocessingOptions  # noqa: E402
 from HyperSpaceSegmentationLib.postprocessing import add_options as add_postprocessing_options  # noqa: E402
 
 
@@ -41,16 +41,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{message}; run 'batch_segment.py --help' for the options")
-
-
-def postprocessing_options(args: argparse.Namespace) -> dict:
-    """The postprocessing options as ``segment``'s ``postprocessing`` dict (the logic checks them as the command
-    line does): each ``--remove-smaller-than MM3 LABEL ...`` a pair, a step's empty label list every class."""
-    steps = {"largest_component": args.largest_component, "fill_holes": args.fill_holes}
-    chosen = {key: labels or True for key, labels in steps.items() if labels is not None}
-    if args.remove_smaller_than:
-        chosen["remove_smaller_than"] = [(values[0], values[1:] or True) for values in args.remove_smaller_than]
-    return chosen
 
 
 def main(argv: Sequence[str]) -> int:
@@ -73,9 +63,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         args = parser.parse_args([a for a in argv if a != "--"])
         tta = True if args.tta == [] else args.tta
-        result = logic.segment_folder(args.input_folder, args.output_folder, " ".join(args.spacing), args.model,
-                                      args.device, args.reference_folder, args.tolerance, args.overwrite, tta=tta,
-                                      uncertainty=args.uncertainty, postprocessing=postprocessing_options(args))
+        result = logic.segment_folder(
+            args.input_folder, args.output_folder, " ".join(args.spacing), model=args.model, device=args.device,
+            referenceFolder=args.reference_folder, tolerance=args.tolerance, overwrite=args.overwrite, tta=tta,
+            uncertainty=args.uncertainty, postprocessing=PostprocessingOptions.from_arguments(args))
     except UserError as error:
         print(f"batch_segment: error: {error}", file=sys.stderr)
         return 2

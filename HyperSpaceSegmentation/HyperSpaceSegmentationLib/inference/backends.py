@@ -1,0 +1,130 @@
+"""How a generated U-Net runs: ``torch`` (the network itself; channels-last for 3D on the CPU) or ``onnxruntime``
+(the network exported to ONNX once per model and spacing, cached on disk, and run by ONNX Runtime's CPU provider,
+which fuses each convolution with its normalisation's scale and shift and its ReLU).
+
+``auto`` takes ONNX Runtime for a 3D model on the CPU where the ``onnxruntime``, ``onnx`` and ``onnxscript``
+packages are installed, when the network of that spacing is already exported, or when the working grid is large
+enough that exporting it (seconds, once) pays for itself in the same run (``EXPORT_PAYS_VOXELS``); else torch.
+The cache lies in the user's cache folder (``HYPERSPACE_CACHE_DIR`` overrides it), one file per model content,
+spacing, opset and torch version, written atomically so that runs in parallel can share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import UserError, error_line
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+EXPORT_PAYS_VOXELS = 8_000_000  # working voxels from which one export costs less than ONNX Runtime saves in the run
+ONNXRUNTIME_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
+ONNXRUNTIME_MISSING = ("--backend onnxruntime needs the onnxruntime, onnx and onnxscript packages: pip install "
+                       "onnxruntime onnx onnxscript, or use --backend torch")
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is a backend; a ``UserError`` otherwise."""
+    if name not in BACKENDS:
+        raise UserError(f"--backend {name}: give one of {', '.join(BACKENDS)}")
+    return name
+
+
+def onnxruntime_installed() -> bool:
+    """Whether ONNX Runtime and the ONNX exporter's packages can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in ONNXRUNTIME_PACKAGES)
+
+
+def cache_folder() -> Path:
+    """Where exported networks are kept: ``HYPERSPACE_CACHE_DIR``, else the platform's per-user cache folder."""
+    if os.environ.get("HYPERSPACE_CACHE_DIR"):
+        return Path(os.environ["HYPERSPACE_CACHE_DIR"])
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "hyperspace-segmentation" / "networks"
+
+
+def network_digest(network: nn.Module) -> str:
+    """A digest of ``network``'s architecture and weights (the model's content, wherever its file lies)."""
+    digest = hashlib.sha256(repr(getattr(network, "config", type(network).__name__)).encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def exported_path(digest: str, spacing_key: tuple[float, ...] | None) -> Path:
+    """The cache file of the network of model ``digest`` at ``spacing_key`` (None: a fixed-spacing model's own)."""
+    from ..export import ONNX_OPSET
+
+    spacing = "x".join(f"{s:g}" for s in spacing_key) if spacing_key else "fixed"
+    return cache_folder() / digest / f"{spacing}mm-opset{ONNX_OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
+
+
+class OnnxRuntimeNetwork:
+    """A network exported to ONNX, run by ONNX Runtime on the CPU: called like the torch network it replaces,
+    with a float32 tensor ``(batch, channels, *shape)``, it returns the logits as a tensor."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: no notes on the console of a run
+        self.path = path
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {"image": array})[0])
+
+
+def onnxruntime_network(unet: nn.Module, digest: str, spacing_key: tuple[float, ...] | None,
+                        note: Callable[[str], None] | None = None) -> OnnxRuntimeNetwork:
+    """``unet`` (a plain U-Net in its default memory order) as an ``OnnxRuntimeNetwork``: the cached export of model
+    ``digest`` at ``spacing_key``, exported first if missing or unreadable (saying so through ``note``). A
+    ``UserError`` if the packages are missing or the export fails."""
+    if not onnxruntime_installed():
+        raise UserError(ONNXRUNTIME_MISSING)
+    path = exported_path(digest, spacing_key)
+    threads = torch.get_num_threads()
+    if path.is_file():
+        try:
+            return OnnxRuntimeNetwork(path, threads)
+        except Exception:  # noqa: BLE001  (a damaged cache file, of any error type: export it again)
+            pass
+    if note is not None:
+        note(f"note: exporting the network for ONNX Runtime (once per model and spacing) to {path.parent}")
+    _export(unet, path)
+    try:
+        return OnnxRuntimeNetwork(path, threads)
+    except Exception as error:  # noqa: BLE001  (ONNX Runtime raises its own types)
+        raise UserError(f"ONNX Runtime could not load the exported network ({error_line(error)}): use --backend "
+                        "torch") from None
+
+
+def _export(unet: nn.Module, path: Path) -> None:
+    """Export ``unet`` to ``path`` through a temporary file, so that no reader sees half a file; a ``UserError`` if
+    the exporter fails."""
+    from ..export import write_onnx
+    from ..io.outputs import atomic_output
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create the network cache {path.parent} ({error.strerror}): set HYPERSPACE_CACHE_DIR "
+                        "to a writable folder, or use --backend torch") from None
+    with atomic_output(path, overwrite=True) as temporary:
+        write_onnx(unet, unet.config, temporary, instead="use --backend torch")
