@@ -12,9 +12,10 @@ On the MNI152 T1 template at 1 mm (197x233x189) with the embedded 3D model, in o
    where the two passes' most likely classes agree;
 3. ``Segmenter.segment`` end to end in this process (no start-up, no model load) with ``--backend torch`` and
    ``--backend onnxruntime`` at 1 and 3 mm, the networks exported beforehand: each stage's median time over
-   ``--repeats`` runs, their sum, the sum against the limit, all but the prediction over the sum, the peak resident
-   memory of the last prediction, the share of the input's voxels with the same label, and Dice per class against
-   the template's tissue map;
+   ``--repeats`` runs, their sum, the sum against the limit, all but the prediction over the sum, the share of the
+   input's voxels with the same label, and Dice per class against the template's tissue map;
+``--memory``: instead, each backend in a fresh process segments the 1 mm template twice (the first run exports the
+network unless cached): each run's time, the resident memory after it and the process's peak (Unix only).
 ``--profile``: where ONNX Runtime's 1 mm pass spends its time, per operator type (its own profiler).
 """
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,8 +105,7 @@ def passes(segmenter: Segmenter, t1: sitk.Image, repeats: int) -> None:
 def end_to_end(model, t1: sitk.Image, tissue: np.ndarray, repeats: int, limit: float) -> None:
     """Step 3 (see the module's description)."""
     print("\n| backend | spacing (mm) | " + " | ".join(f"{s} (s)" for s in STAGES) + " | sum (s) | sum / limit | "
-          "all but predict / sum | predict peak memory (MB) | same labels as torch | Dice CSF, GM, WM |\n|---|---|"
-          + "---|" * (len(STAGES) + 6))
+          "all but predict / sum | same labels as torch | Dice CSF, GM, WM |\n|---|---|" + "---|" * (len(STAGES) + 5))
     for spacing in (1.0, 3.0):
         labels = {}
         for backend in ("torch", "onnxruntime"):
@@ -114,14 +115,13 @@ def end_to_end(model, t1: sitk.Image, tissue: np.ndarray, repeats: int, limit: f
                 reporter = Reporter(len(STAGES), quiet=True)
                 labels[backend] = sitk.GetArrayFromImage(segmenter.segment(t1, (spacing,) * 3, reporter))
                 runs.append({r.name.split()[0]: r.seconds for r in reporter.records})
-                peak = max(r.peak_memory_mb for r in reporter.records if r.name.startswith("predict"))
             median = {s: float(np.median([r.get(s, 0.0) for r in runs[1:]])) for s in STAGES}
             total = sum(median.values())
             same = float(np.mean(labels[backend] == labels["torch"]))
             scores = ", ".join(f"{dice(labels[backend] == v, tissue == v):.4f}" for v in (1, 2, 3))
             print(f"| {backend} | {spacing:g} | " + " | ".join(f"{median[s]:.2f}" for s in STAGES) + f" | {total:.2f} "
                   f"| {total / limit if spacing == 1.0 else math.nan:.2f} | {1 - median['predict'] / total:.2f} | "
-                  f"{peak:.0f} | {same:.6f} | {scores} |", flush=True)
+                  f"{same:.6f} | {scores} |", flush=True)
 
 
 def onnx_profile(segmenter: Segmenter, t1: sitk.Image) -> None:
@@ -151,14 +151,39 @@ def onnx_profile(segmenter: Segmenter, t1: sitk.Image) -> None:
         print(f"| {kind} | {seconds / whole:.2f} | {seconds:.2f} |")
 
 
+def memory_of(segmenter: Segmenter, t1: sitk.Image) -> None:
+    """Two 1 mm runs of ``segmenter`` in this (fresh) process: time, resident memory after, peak resident memory."""
+    import resource
+
+    import psutil
+
+    for run in (1, 2):
+        start = time.perf_counter()
+        segmenter.segment(t1, (1.0, 1.0, 1.0), Reporter(len(STAGES), quiet=True))
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        print(f"| {segmenter.backend} | {run} | {seconds:.2f} | {psutil.Process().memory_info().rss / 2**20:.0f} | "
+              f"{peak:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="only the ONNX Runtime profile at 1 mm")
+    parser.add_argument("--memory", action="store_true", help="only the memory of each backend, in fresh processes")
+    parser.add_argument("--memory-of", choices=("torch", "onnxruntime"), help=argparse.SUPPRESS)  # one such process
     args = parser.parse_args()
     os.environ.setdefault("HYPERSPACE_CACHE_DIR", tempfile.mkdtemp(prefix="hyperspace-networks-"))
+    if args.memory:
+        print("\n| backend | run | seconds | resident after (MB) | peak resident (MB) |\n|---|---|---|---|---|", flush=True)
+        for backend in ("torch", "onnxruntime"):
+            subprocess.run([sys.executable, __file__, "--memory-of", backend], check=True)
+        return
     t1, tissue = tissue_map()
     model = load_model(DEFAULT_MODEL)
+    if args.memory_of:
+        memory_of(Segmenter(model, device="cpu", backend=args.memory_of), t1)
+        return
     segmenter = Segmenter(model, device="cpu", backend="onnxruntime")
     if args.profile:
         onnx_profile(segmenter, t1)

@@ -1,6 +1,7 @@
 """How a generated U-Net runs: ``torch`` (the network itself; channels-last for 3D on the CPU) or ``onnxruntime``
 (the network exported to ONNX once per model and spacing, cached on disk, and run by ONNX Runtime's CPU provider,
-which fuses each convolution with its normalisation's scale and shift and its ReLU).
+which fuses operators and normalises in two passes over a feature map: 1.2-2.4x faster per pass on a 2-core CPU,
+docs/BENCHMARKS.md).
 
 ``auto`` takes ONNX Runtime for a 3D model on the CPU where the ``onnxruntime``, ``onnx`` and ``onnxscript``
 packages are installed, when the network of that spacing is already exported, or when the working grid is large
@@ -24,7 +25,7 @@ from torch import nn
 from ..errors import UserError, error_line
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-EXPORT_PAYS_VOXELS = 8_000_000  # working voxels from which one export costs less than ONNX Runtime saves in the run
+EXPORT_PAYS_VOXELS = 8_000_000  # working voxels from which one export (5-9 s) costs less than ONNX Runtime saves
 ONNXRUNTIME_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
 ONNXRUNTIME_MISSING = ("--backend onnxruntime needs the onnxruntime, onnx and onnxscript packages: pip install "
                        "onnxruntime onnx onnxscript, or use --backend torch")
@@ -83,6 +84,7 @@ class OnnxRuntimeNetwork:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: no notes on the console of a run
+        options.enable_cpu_mem_arena = False  # an arena keeps the largest pass's memory (GBs at 1 mm) after the run
         self.path = path
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
