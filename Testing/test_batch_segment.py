@@ -33,7 +33,8 @@ def batch_script():
 
 @pytest.fixture
 def folders(tmp_path: Path) -> tuple[Path, Path]:
-    """Two small scans (.nrrd and .nii.gz, one oblique-free and one shifted), a broken file, and references."""
+    """Two small scans (.nrrd and .nii.gz, one oblique-free and one shifted), a broken file, hidden files, and
+    references."""
     scans, references = tmp_path / "scans", tmp_path / "references"
     scans.mkdir()
     references.mkdir()
@@ -42,6 +43,8 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
         sitk.WriteImage(image, str(scans / f"{case}{suffix}"))
         sitk.WriteImage(labels, str(references / f"{case}.nrrd"))
     (scans / "broken.nrrd").write_text("NRRD0004\nthis is not an image\n")
+    for folder in (scans, references):  # what macOS leaves on a shared drive: hidden, skipped, no case
+        (folder / "._case1.nrrd").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     return scans, references
 
 

@@ -10,7 +10,7 @@ import io
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import SimpleITK as sitk
 
@@ -134,12 +134,17 @@ def _dicom_series(folder: Path) -> bool:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
+def folder_entries(folder: Path, accept: Callable[[Path], bool]) -> list[Path]:
+    """The entries of ``folder`` that ``accept`` takes, sorted by name; hidden ones (a leading dot, such as macOS's
+    ``._scan.nrrd`` copies on shared drives) left out. The one folder scan of the command line and the Slicer logic."""
+    return [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and accept(p)]
+
+
 def _folder_cases(folder: Path) -> list[tuple[str, str, None, bool]] | None:
     """The cases of a folder: its image files, else its subfolders that hold a DICOM series, else ``None`` (the
     folder is one DICOM series, or holds nothing to segment: read_image says so)."""
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    scans = [p for p in entries if p.is_file() and _is_scan(p, in_folder=True)]
-    scans = scans or [p for p in entries if p.is_dir() and _is_scan(p, in_folder=True)]
+    scans = folder_entries(folder, lambda p: p.is_file() and _is_scan(p, in_folder=True))
+    scans = scans or folder_entries(folder, lambda p: p.is_dir() and _is_scan(p, in_folder=True))
     return [(case_id(p), str(p), None, True) for p in scans] or None
 
 

@@ -40,18 +40,17 @@ class BatchResult:
 
 
 def case_files(folder: str | os.PathLike, suffixes: Sequence[str]) -> dict[str, Path]:
-    """The files of ``folder`` whose extension (the engine's ``extension``: ``.seg.nrrd`` and ``.nii.gz`` whole) is
-    one of ``suffixes``, by case id (the engine's ``case_id``), sorted; a folder with none is a ``UserError``."""
-    from ..inference.cases import case_id
+    """The files of ``folder`` (the engine's ``folder_entries``: hidden ones left out) whose extension (the engine's
+    ``extension``: ``.seg.nrrd`` and ``.nii.gz`` whole) is one of ``suffixes``, by case id (the engine's
+    ``case_id``), sorted; a folder with none is a ``UserError``."""
+    from ..inference.cases import case_id, folder_entries
     from ..io.images import extension
 
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder: give the folder that holds the files")
     files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if extension(path) not in suffixes or not path.is_file():
-            continue
+    for path in folder_entries(folder, lambda p: extension(p) in suffixes and p.is_file()):
         case = case_id(path)
         if case in files:
             raise UserError(f"{folder} has two files for case {case!r} ({files[case].name}, {path.name}): keep one")
