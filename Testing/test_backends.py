@@ -77,7 +77,8 @@ def test_a_damaged_export_is_exported_again(cache):
     assert np.array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(first))
 
 
-def test_missing_packages_or_cache_fail_in_one_line_and_auto_falls_back_to_torch(cache, tmp_path, monkeypatch):
+def test_missing_packages_or_cache_fail_in_one_line_and_auto_falls_back_to_torch(cache, tmp_path, monkeypatch,
+                                                                                 read_only_folder):
     image, _ = asymmetric_phantom()
     reporter = Reporter(stages=1, stream=io.StringIO())
     monkeypatch.setattr(segmenter_module, "EXPORT_PAYS_VOXELS", 0)  # auto would export any network
@@ -89,10 +90,14 @@ def test_missing_packages_or_cache_fail_in_one_line_and_auto_falls_back_to_torch
     blocker = tmp_path / "a file"
     blocker.write_text("")
     monkeypatch.setenv("HYPERSPACE_CACHE_DIR", str(blocker / "cache"))
-    with pytest.raises(UserError, match="cannot create the network cache .*HYPERSPACE_CACHE_DIR.*--backend torch"):
+    with pytest.raises(UserError, match="cannot write to the network cache .*HYPERSPACE_CACHE_DIR.*--backend torch"):
         Segmenter(tiny_model(), device="cpu", backend="onnxruntime").predictor_for((2.0,) * 3, 10_000, reporter)
     labels, _ = segment(Segmenter(tiny_model(), device="cpu"), image, (2.0, 2.0, 2.0))
     assert labels.GetSize() == image.GetSize()
+    monkeypatch.setenv("HYPERSPACE_CACHE_DIR", str(read_only_folder))  # there, but not writable
+    with pytest.raises(UserError, match="cannot write to the network cache .*HYPERSPACE_CACHE_DIR.*--backend torch"):
+        Segmenter(tiny_model(), device="cpu", backend="onnxruntime").predictor_for((2.0,) * 3, 10_000, reporter)
+    assert not list(read_only_folder.rglob("*"))
     with pytest.raises(UserError, match="--backend fast: give one of auto, torch, onnxruntime"):
         Segmenter(tiny_model(), device="cpu", backend="fast")
 

@@ -125,8 +125,8 @@ def _export(unet: nn.Module, path: Path) -> None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path, overwrite=True) as temporary:
+            write_onnx(unet, unet.config, temporary, instead="use --backend torch")
     except OSError as error:
-        raise UserError(f"cannot create the network cache {path.parent} ({error.strerror}): set HYPERSPACE_CACHE_DIR "
-                        "to a writable folder, or use --backend torch") from None
-    with atomic_output(path, overwrite=True) as temporary:
-        write_onnx(unet, unet.config, temporary, instead="use --backend torch")
+        raise UserError(f"cannot write to the network cache {path.parent} ({error.strerror or error}): set "
+                        "HYPERSPACE_CACHE_DIR to a writable folder, or use --backend torch") from None
