@@ -88,7 +88,7 @@ def test_missing_packages_or_cache_fail_in_one_line_and_auto_falls_back_to_torch
     assert isinstance(Segmenter(tiny_model(), device="cpu").predictor_for((2.0,) * 3, 10_000, reporter), UNet)
     monkeypatch.delitem(sys.modules, "onnxruntime")
     blocker = tmp_path / "a file"
-    blocker.write_text("")
+    blocker.write_text("", encoding="utf-8")
     monkeypatch.setenv("HYPERSPACE_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(UserError, match="cannot write to the network cache .*HYPERSPACE_CACHE_DIR.*--backend torch"):
         Segmenter(tiny_model(), device="cpu", backend="onnxruntime").predictor_for((2.0,) * 3, 10_000, reporter)
@@ -137,3 +137,14 @@ def test_the_command_line_runs_either_backend_and_says_which(cache, tmp_path, ca
     assert results["onnxruntime"].GetSpacing() == image.GetSpacing()
     arrays = [sitk.GetArrayFromImage(results[name]) for name in ("onnxruntime", "torch")]
     assert np.mean(arrays[0] == arrays[1]) >= 0.999
+
+
+def test_a_model_file_has_one_cache_key_however_often_it_is_loaded(tmp_path):
+    """A HyperSpace model builds a randomly initialised template U-Net at every load: the key must not see it."""
+    from HyperSpaceSegmentationLib.inference.backends import model_digest
+    from HyperSpaceSegmentationLib.io.model_file import load_model, save_model
+
+    path = save_model(tiny_model(), tmp_path / "tiny.pt")
+    first, second = load_model(path), load_model(path)
+    assert model_digest(first) == model_digest(second)
+    assert model_digest(first) != model_digest(tiny_model(seed=1))

@@ -21,7 +21,7 @@ from test_mrml_logic import NAMES, model_file, scene, volume_node  # noqa: F401 
 
 MODULE = Path(__file__).resolve().parents[1] / "HyperSpaceSegmentation"
 PANEL = sorted((MODULE / "HyperSpaceSegmentationPanel").glob("*.py"))  # the module file's own package
-SOURCE = "\n".join(path.read_text() for path in [MODULE / "HyperSpaceSegmentation.py", *PANEL])
+SOURCE = "\n".join(path.read_text(encoding="utf-8") for path in [MODULE / "HyperSpaceSegmentation.py", *PANEL])
 UI = ElementTree.parse(MODULE / "Resources" / "UI" / "HyperSpaceSegmentation.ui").getroot()
 QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QCheckBox", "QComboBox", "QDoubleSpinBox", "QSpinBox", "QSlider",
               "QLineEdit", "QPlainTextEdit", "QTextEdit", "QProgressBar", "QGroupBox", "QTableView", "QFrame"}

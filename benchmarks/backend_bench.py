@@ -129,9 +129,9 @@ def onnx_profile(segmenter: Segmenter, t1: sitk.Image) -> None:
     import onnxruntime
 
     segmenter.predictor_for((1.0,) * 3, 0, Reporter(1, quiet=True))  # the export, if missing
-    from HyperSpaceSegmentationLib.inference.backends import network_digest
+    from HyperSpaceSegmentationLib.inference.backends import model_digest
 
-    path = exported_path(network_digest(segmenter.model.network), (1.0, 1.0, 1.0))
+    path = exported_path(model_digest(segmenter.model), (1.0, 1.0, 1.0))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.enable_profiling = True
@@ -139,7 +139,7 @@ def onnx_profile(segmenter: Segmenter, t1: sitk.Image) -> None:
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     x = working_input(segmenter, t1, 1.0).numpy()
     session.run(None, {"image": x})
-    events = json.loads(Path(session.end_profiling()).read_text())
+    events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
     by_type: dict[str, float] = {}
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

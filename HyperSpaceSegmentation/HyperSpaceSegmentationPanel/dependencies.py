@@ -39,7 +39,7 @@ def ensureDependencies(requirementsPath: str) -> None:
     from packaging.requirements import Requirement
 
     missing = []
-    for line in pathlib.Path(requirementsPath).read_text().splitlines():
+    for line in pathlib.Path(requirementsPath).read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             requirement = Requirement(line)
             try:

@@ -13,11 +13,12 @@ spacing, opset and torch version, written atomically so that runs in parallel ca
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -39,27 +40,37 @@ def check_backend(name: str) -> str:
 
 
 def onnxruntime_installed() -> bool:
-    """Whether ONNX Runtime and the ONNX exporter's packages can be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ONNXRUNTIME_PACKAGES)
+    """Whether ONNX Runtime imports (a broken install, such as a DLL that does not load, counts as missing) and the
+    ONNX exporter's packages are there."""
+    try:
+        importlib.import_module("onnxruntime")
+    except Exception:  # noqa: BLE001  (any failure to import: not usable)
+        return False
+    return all(importlib.util.find_spec(name) is not None for name in ONNXRUNTIME_PACKAGES[1:])
 
 
 def cache_folder() -> Path:
     """Where exported networks are kept: ``HYPERSPACE_CACHE_DIR``, else the platform's per-user cache folder."""
     if os.environ.get("HYPERSPACE_CACHE_DIR"):
-        return Path(os.environ["HYPERSPACE_CACHE_DIR"])
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return Path(os.environ["HYPERSPACE_CACHE_DIR"]).expanduser()
+    try:
+        if sys.platform == "win32":
+            base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+        elif sys.platform == "darwin":
+            base = Path.home() / "Library" / "Caches"
+        else:
+            base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home folder (a container's user without one)
+        raise UserError("no folder for the network cache (this user has no home folder): set HYPERSPACE_CACHE_DIR, "
+                        "or use --backend torch") from None
     return base / "hyperspace-segmentation" / "networks"
 
 
-def network_digest(network: nn.Module) -> str:
-    """A digest of ``network``'s architecture and weights (the model's content, wherever its file lies)."""
-    digest = hashlib.sha256(repr(getattr(network, "config", type(network).__name__)).encode())
-    for name, tensor in network.state_dict().items():
+def model_digest(model: Any) -> str:
+    """A digest of a ``SegmentationModel``'s U-Net architecture and saved weights (the hypernetwork's for HyperSpace;
+    not the template U-Net a HyperSpace model builds at load): the same in every process, wherever its file lies."""
+    digest = hashlib.sha256(repr(model.unet_config).encode())
+    for name, tensor in model.trainable().state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]

@@ -32,7 +32,7 @@ from ..progress import Reporter
 from .. import system
 from ..system import resolve_device
 from .backends import (
-    EXPORT_PAYS_VOXELS, OnnxRuntimeNetwork, check_backend, exported_path, network_digest, onnxruntime_installed,
+    EXPORT_PAYS_VOXELS, OnnxRuntimeNetwork, check_backend, exported_path, model_digest, onnxruntime_installed,
     onnxruntime_network,
 )
 from .cropping import foreground_region
@@ -111,7 +111,7 @@ class Segmenter:
             return self.network_for(spacing_zyx)
         cache_key = ("onnxruntime", key)
         if cache_key not in self._networks:
-            self._digest = self._digest or network_digest(self.model.network)
+            self._digest = self._digest or model_digest(self.model)
             unet = self.model.network.static_unet(key) if key is not None else self.model.network
             try:
                 self._networks[cache_key] = onnxruntime_network(unet, self._digest, key, reporter.log)
@@ -131,8 +131,11 @@ class Segmenter:
             return False
         if ("onnxruntime", key) in self._networks or voxels >= EXPORT_PAYS_VOXELS:
             return True
-        self._digest = self._digest or network_digest(self.model.network)
-        return exported_path(self._digest, key).is_file()
+        self._digest = self._digest or model_digest(self.model)
+        try:
+            return exported_path(self._digest, key).is_file()
+        except UserError:  # no cache folder: auto runs torch
+            return False
 
     def _spacing_key(self, spacing_zyx: Sequence[float]) -> tuple[float, ...] | None:
         """The cache key of a spacing's network: rounded to 0.01 mm; ``None`` for a model of fixed weights."""
