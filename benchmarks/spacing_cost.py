@@ -4,8 +4,8 @@ through MONAI's ``sliding_window_inference``.
 
     pip install --no-deps nilearn matplotlib
     pip install --no-deps monai    # benchmark only, for the MONAI comparison (skipped without it)
-    python benchmarks/spacing_cost.py [--device cpu|cuda] [--spacings 0.8 1 1.5 2 2.5 3 3.5] \
-        [--monai-spacings 1 2 3] [--plot docs/figures/spacing-cost.png]
+    python benchmarks/spacing_cost.py [--device cpu|cuda] [--precision float32|float16|bfloat16] \
+        [--spacings 0.8 1 1.5 2 2.5 3 3.5] [--monai-spacings 1 2 3] [--plot docs/figures/spacing-cost.png]
 
 1. Each spacing runs ``hyperspace segment --json`` in a fresh process (so its peak memory is its own) on the
    MNI152 T1 template at 1 mm (197x233x189) with the embedded model: seconds, peak resident memory (and peak GPU
@@ -46,12 +46,13 @@ STAGES = {"load": "load", "resample": "resample", "predict": "predict", "restore
           "labels": "labels", "write": "write"}
 
 
-def process_runs(image: str, spacings: list[float], device: str) -> list[dict]:
+def process_runs(image: str, spacings: list[float], device: str, precision: str) -> list[dict]:
     """One fresh ``hyperspace segment`` process per spacing: its ``--json`` summary and wall time."""
     rows = []
     for spacing in spacings:
         start = time.perf_counter()
-        summary = segment_summary(image, ["--spacing", f"{spacing:g}", "--allow-extrapolation"], device)
+        options = ["--spacing", f"{spacing:g}", "--allow-extrapolation", "--precision", precision]
+        summary = segment_summary(image, options, device)
         wall = time.perf_counter() - start
         stages = {s["name"].split()[0]: s for s in summary["stages"]}
         rows.append({"spacing": spacing, "wall": wall, "stages": stages, "area": summary["memory_time_mb_s"],
@@ -76,7 +77,7 @@ def generation_seconds(segmenter: Segmenter, spacing: float) -> float:
     return median_seconds(lambda: network.static_unet((spacing,) * 3))
 
 
-def cache_effect(segmenter: Segmenter, image: sitk.Image, spacing: float) -> tuple[float, float, float]:
+def cache_effect(segmenter: Segmenter, image: sitk.Image, spacing: float, precision: str) -> tuple[float, float, float]:
     """Seconds of three segmentations at ``spacing`` in a row: the first (the U-Net generated, and torch meeting the
     working volume's shapes for the first time), then one by a new segmenter (the U-Net generated again, shapes
     seen), then one by the first segmenter again (the U-Net from its cache)."""
@@ -86,7 +87,8 @@ def cache_effect(segmenter: Segmenter, image: sitk.Image, spacing: float) -> tup
         by.segment(image, (spacing,) * 3, Reporter(3, quiet=True))
         return time.perf_counter() - start
 
-    return seconds(segmenter), seconds(Segmenter(segmenter.model, device=segmenter.device.type)), seconds(segmenter)
+    again = Segmenter(segmenter.model, device=segmenter.device.type, precision=precision)
+    return seconds(segmenter), seconds(again), seconds(segmenter)
 
 
 def monai_comparison(segmenter: Segmenter, image: sitk.Image, spacing: float, window: int) -> dict:
@@ -116,7 +118,7 @@ def monai_comparison(segmenter: Segmenter, image: sitk.Image, spacing: float, wi
             "agreement": same, "max_difference": (ours - theirs).abs().max().item()}
 
 
-def plot(rows: list[dict], voxels: dict[float, int], path: Path) -> None:
+def plot(rows: list[dict], voxels: dict[float, int], path: Path, device: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -138,7 +140,7 @@ def plot(rows: list[dict], voxels: dict[float, int], path: Path) -> None:
         axis.set_xlabel("working spacing (mm)")
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=8)
-    figure.suptitle("hyperspace segment, MNI152 T1 at 1 mm (197x233x189), CPU", fontsize=10)
+    figure.suptitle(f"hyperspace segment, MNI152 T1 at 1 mm (197x233x189), {device}", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -147,6 +149,7 @@ def plot(rows: list[dict], voxels: dict[float, int], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="float32", help="--precision of hyperspace segment")
     parser.add_argument("--spacings", type=float, nargs="+", default=[0.8, 1, 1.5, 2, 2.5, 3, 3.5])
     parser.add_argument("--monai-spacings", type=float, nargs="*", default=[1, 2, 3])
     parser.add_argument("--window", type=int, default=128, help="window edge for the MONAI comparison")
@@ -155,11 +158,12 @@ def main() -> None:
     args = parser.parse_args()
     path = args.image or template_t1()
     image = sitk.ReadImage(path)
-    print(f"image: {Path(path).name} {image.GetSize()}; device: {args.device}\n")
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"image: {Path(path).name} {image.GetSize()}; device: {device}; precision: {args.precision}\n")
 
-    rows = process_runs(path, args.spacings, args.device)
+    rows = process_runs(path, args.spacings, args.device, args.precision)
     voxels = {s: voxels_at(image, (s,) * 3) for s in args.spacings}
-    segmenter = Segmenter(load_model(DEFAULT_MODEL), device=args.device)
+    segmenter = Segmenter(load_model(DEFAULT_MODEL), device=args.device, precision=args.precision)
     generation = {s: generation_seconds(segmenter, s) for s in args.spacings}
     gpu = any(r["gpu_peak"] for r in rows)
     print("| spacing (mm) | working voxels | " + " | ".join(f"{s} (s)" for s in STAGES.values())
@@ -185,7 +189,7 @@ def main() -> None:
     print("| spacing (mm) | first (s) | new segmenter: U-Net generated again (s) | U-Net from the cache (s) | "
           "the cache saves (s) |\n|---|---|---|---|---|")
     for s in args.spacings:
-        first, regenerated, cached = cache_effect(segmenter, image, s)
+        first, regenerated, cached = cache_effect(segmenter, image, s, args.precision)
         print(f"| {s:g} | {first:.2f} | {regenerated:.2f} | {cached:.2f} | {regenerated - cached:.2f} |", flush=True)
 
     if args.monai_spacings:
@@ -203,7 +207,7 @@ def main() -> None:
                       f"{r['ours']:.2f} | {r['monai']:.2f} | {r['monai'] / r['ours']:.2f} | {r['agreement']:.5f} | "
                       f"{r['max_difference']:.2e} |", flush=True)
     if args.plot:
-        plot(rows, voxels, args.plot)
+        plot(rows, voxels, args.plot, device)
         print("wrote", args.plot)
 
 

@@ -187,6 +187,7 @@ class Reporter:
         self._progress(name, 0 if total is not None else None, total)
         gpu = self._gpu()
         if gpu is not None:
+            torch.cuda.init()  # its memory statistics exist once CUDA is initialised (the first stage comes before)
             torch.cuda.reset_peak_memory_stats(gpu)
         start = time.perf_counter()
         with _MemorySampler(gpu) as sampler:

@@ -95,7 +95,7 @@ def _add_spacing_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_window_options(parser: argparse.ArgumentParser) -> None:
     """The sliding window, its memory budget and the backend; replacing or keeping existing outputs."""
-    from ..inference.backends import BACKENDS
+    from ..inference.backends import BACKENDS, PRECISIONS
 
     parser.add_argument("--patch", type=int, default=None,
                         help="sliding-window edge in voxels (default: the largest window, up to the whole working volume "
@@ -105,6 +105,10 @@ def _add_window_options(parser: argparse.ArgumentParser) -> None:
                              "cached; faster on the CPU; needs the onnxruntime, onnx and onnxscript packages); auto: "
                              "ONNX Runtime for a 3D model on the CPU where installed, when that network is exported or "
                              "the prediction is large enough for the export to pay off, else torch (default auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="what the network computes in with the torch backend: float16 (a GPU only) or bfloat16 "
+                             "need less GPU memory and change a few voxels' labels (docs/BENCHMARKS.md) (default "
+                             "float32)")
     parser.add_argument("--max-memory", type=float, default=None, metavar="MB",
                         help="memory budget in MB for the network's windows and buffers (default: 80%% of the "
                              "memory available on the device); larger windows are faster")

@@ -124,7 +124,8 @@ class SegmentationRun:
             args = self.args
             make = Segmenter if SegmentationRun.cache is None else SegmentationRun.cache.segmenter
             self._segmenters[key] = [make(m, device=str(self.device), patch=args.patch, slices=slices,
-                                          tta=args.tta, max_memory_mb=args.max_memory, backend=args.backend)
+                                          tta=args.tta, max_memory_mb=args.max_memory, backend=args.backend,
+                                          precision=args.precision)
                                      for m in members]
         return self._segmenters[key]
 
@@ -279,7 +280,7 @@ def _case_summary(plan: _CasePlan, paths: list, maps: MapFiles, *, applied: list
         "input": str(plan.name), "output": str(plan.output), "mode": plan.mode,
         "spacing_mm": list(plan.choices[0].spacing), "native_spacing_mm": list(view.spacing),
         "spacing_axes": view.axes, "method": plan.model.method, "device": segmenter.device.type,
-        "backend": segmenter.backend_used,
+        "backend": segmenter.backend_used, "precision": str(segmenter.precision).removeprefix("torch."),
         "notes": plan.spacing_notes, "postprocessing": applied,
         "models": [{"model": path, "spacing_mm": list(choice.spacing)} for path, choice in zip(paths, plan.choices)],
         "probabilities": maps.probabilities, "uncertainty": maps.uncertainty,

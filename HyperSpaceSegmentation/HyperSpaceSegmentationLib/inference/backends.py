@@ -12,6 +12,7 @@ spacing, opset and torch version, written atomically so that runs in parallel ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -37,6 +38,27 @@ def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise UserError(f"--backend {name}: give one of {', '.join(BACKENDS)}")
     return name
+
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The type the network's convolutions compute in (autocast): float32, float16 (a GPU only) or bfloat16. Half
+    precision keeps 99.99% (float16) and 99.94% (bfloat16) of the labels; it saves GPU memory but no time on an
+    H200, and on the CPU it is faster at coarse spacings only (docs/BENCHMARKS.md). A ``UserError`` otherwise."""
+    if name not in PRECISIONS:
+        raise UserError(f"--precision {name}: give one of {', '.join(PRECISIONS)}")
+    if name == "float16" and device.type != "cuda":
+        raise UserError("--precision float16 runs on a GPU: add --device cuda, or use bfloat16 or float32 on the CPU")
+    return getattr(torch, name)
+
+
+def autocast(device: torch.device, precision: torch.dtype) -> contextlib.AbstractContextManager:
+    """The context in which a network computes in ``precision`` (torch's autocast; nothing for float32)."""
+    if precision == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=precision)
 
 
 def onnxruntime_installed() -> bool:

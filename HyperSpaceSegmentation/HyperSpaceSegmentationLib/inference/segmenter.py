@@ -32,8 +32,8 @@ from ..progress import Reporter
 from .. import system
 from ..system import resolve_device
 from .backends import (
-    EXPORT_PAYS_VOXELS, OnnxRuntimeNetwork, check_backend, exported_path, model_digest, onnxruntime_installed,
-    onnxruntime_network,
+    EXPORT_PAYS_VOXELS, OnnxRuntimeNetwork, autocast, check_backend, exported_path, model_digest,
+    onnxruntime_installed, onnxruntime_network, resolve_precision,
 )
 from .cropping import foreground_region
 from .memory import EXTRAPOLATION_REACH, check_memory
@@ -58,13 +58,14 @@ class Segmenter:
     A 2D model segments the ``slices`` of each image (by default every slice along k, or a single-slice volume's
     one slice); a 3D model takes each image as a whole. ``tta``: test-time augmentation, the probabilities averaged
     over every combination of flips of these axes of the network's view (0, 1, 2: L-R, P-A, S-I; a 2D model's
-    slice plane's two, in that order: 0, 1); ``()`` all of them; ``None`` none.
+    slice plane's two, in that order: 0, 1); ``()`` all of them; ``None`` none. ``precision``: what the torch
+    network computes in (``backends.resolve_precision``).
     """
 
     def __init__(
         self, model: SegmentationModel, device: str = "auto", patch: int | None = None,
         overlap: float = 0.5, cache_size: int = 8, slices: Slices = Slices(), tta: Sequence[int] | None = None,
-        max_memory_mb: float | None = None, backend: str = "auto",
+        max_memory_mb: float | None = None, backend: str = "auto", precision: str = "float32",
     ) -> None:
         if model.dim == 3 and slices != Slices():
             raise UserError("a 3D model segments whole volumes: drop --axis and --slice, or use a 2D model")
@@ -83,6 +84,9 @@ class Segmenter:
         self.backend = check_backend(backend)
         if backend == "onnxruntime" and self.device.type != "cpu":
             raise UserError("--backend onnxruntime runs on the CPU: add --device cpu, or use --backend torch")
+        self.precision = resolve_precision(precision, self.device)
+        if backend == "onnxruntime" and self.precision != torch.float32:
+            raise UserError(f"--precision {precision} runs on torch: use --backend torch, or --precision float32")
         self._networks: OrderedDict[tuple, nn.Module | OnnxRuntimeNetwork] = OrderedDict()
         self._digest: str | None = None
         self.backend_used: str | None = None  # what ran the last prediction: "torch" or "onnxruntime"
@@ -127,7 +131,9 @@ class Segmenter:
         """Whether the network of ``key`` runs on ONNX Runtime (see ``backends``)."""
         if self.backend != "auto":
             return self.backend == "onnxruntime"
-        if self.device.type != "cpu" or self.model.dim != 3 or not onnxruntime_installed():
+        if self.device.type != "cpu" or self.model.dim != 3 or self.precision != torch.float32:
+            return False
+        if not onnxruntime_installed():
             return False
         if ("onnxruntime", key) in self._networks or voxels >= EXPORT_PAYS_VOXELS:
             return True
@@ -344,7 +350,7 @@ class Segmenter:
             window = (_REFERENCE_WINDOW[self.model.dim],) * self.model.dim
             network = self.network_for(tuple(self.model.spacing_range[:1]) * self.model.dim)
             x = torch.zeros((1, self.model.unet_config.in_channels, *window), device=self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.precision):
                 network(x)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
@@ -423,8 +429,9 @@ class Segmenter:
             batched = np.empty((count, classes, *shape), np.float32) if count > batch else None
             for start in range(0, count, batch):
                 images = torch.tensor(items[start:start + batch], device=self.device)[:, None]
-                result = sum(predict_probabilities(images.flip(dims), network, classes, patch, self.overlap, update,
-                                                   outside).flip(dims) for dims in self.flips) / len(self.flips)
+                with autocast(self.device, self.precision):
+                    result = sum(predict_probabilities(images.flip(dims), network, classes, patch, self.overlap,
+                                                       update, outside).flip(dims) for dims in self.flips) / len(self.flips)
                 if batched is None:  # one batch holds every item: its result is the whole
                     batched = result.cpu().numpy()
                 else:
