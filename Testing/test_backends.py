@@ -75,6 +75,30 @@ def test_a_damaged_export_is_exported_again(cache):
     labels, log = segment(Segmenter(tiny_model(), device="cpu", backend="onnxruntime"), image, (2.0, 2.0, 2.0))
     assert "exporting" in log and path.stat().st_size > 1000
     assert np.array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(first))
+    onnx = pytest.importorskip("onnx")
+    helper = onnx.helper  # a valid network of another interface (input "x"), as another version might have written
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    labels, log = segment(Segmenter(tiny_model(), device="cpu", backend="onnxruntime"), image, (2.0, 2.0, 2.0))
+    assert "exporting" in log and path.stat().st_size > 1000
+    assert np.array_equal(sitk.GetArrayFromImage(labels), sitk.GetArrayFromImage(first))
+
+
+def test_a_fixed_spacing_network_run_by_torch_first_is_exported_in_its_plain_form(cache):
+    """torch runs a 3D U-Net channels-last, with its own normalisation; the export must not take that form."""
+    onnx = pytest.importorskip("onnx")
+    image, _ = asymmetric_phantom()
+    model = tiny_model(method="fs")
+    torch_labels, _ = segment(Segmenter(model, device="cpu", backend="torch"), image, (2.0, 2.0, 2.0))
+    assert model.network.channels_last
+    labels, log = segment(Segmenter(model, device="cpu", backend="onnxruntime"), image, (2.0, 2.0, 2.0))
+    assert "exporting" in log and model.network.channels_last  # the torch network is left as it was
+    [path] = cache.rglob("*.onnx")
+    operators = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "InstanceNormalization" in operators and "Transpose" not in operators
+    assert np.mean(sitk.GetArrayFromImage(labels) == sitk.GetArrayFromImage(torch_labels)) >= 0.999
 
 
 def test_missing_packages_or_cache_fail_in_one_line_and_auto_falls_back_to_torch(cache, tmp_path, monkeypatch,
@@ -92,8 +116,12 @@ def test_missing_packages_or_cache_fail_in_one_line_and_auto_falls_back_to_torch
     monkeypatch.setenv("HYPERSPACE_CACHE_DIR", str(blocker / "cache"))
     with pytest.raises(UserError, match="cannot write to the network cache .*HYPERSPACE_CACHE_DIR.*--backend torch"):
         Segmenter(tiny_model(), device="cpu", backend="onnxruntime").predictor_for((2.0,) * 3, 10_000, reporter)
-    labels, _ = segment(Segmenter(tiny_model(), device="cpu"), image, (2.0, 2.0, 2.0))
+    auto = Segmenter(tiny_model(), device="cpu")
+    labels, log = segment(auto, image, (2.0, 2.0, 2.0))
     assert labels.GetSize() == image.GetSize()
+    assert "note: torch runs the network, as ONNX Runtime could not: cannot write to the network cache" in log
+    again, log = segment(auto, image, (2.0, 2.0, 2.0))  # not tried again for every scan
+    assert "exporting" not in log and "note" not in log and auto.backend_used == "torch"
     monkeypatch.setenv("HYPERSPACE_CACHE_DIR", str(read_only_folder))  # there, but not writable
     with pytest.raises(UserError, match="cannot write to the network cache .*HYPERSPACE_CACHE_DIR.*--backend torch"):
         Segmenter(tiny_model(), device="cpu", backend="onnxruntime").predictor_for((2.0,) * 3, 10_000, reporter)
@@ -148,3 +176,24 @@ def test_a_model_file_has_one_cache_key_however_often_it_is_loaded(tmp_path):
     first, second = load_model(path), load_model(path)
     assert model_digest(first) == model_digest(second)
     assert model_digest(first) != model_digest(tiny_model(seed=1))
+
+
+def test_the_summary_names_each_ensemble_members_backend(cache, tmp_path, capsys):
+    import json
+
+    from HyperSpaceSegmentationLib.cli import main
+    from HyperSpaceSegmentationLib.io.model_file import save_model
+
+    image, _ = asymmetric_phantom(spacing=(1.2, 1.0, 1.4))
+    source = tmp_path / "scan.nrrd"
+    sitk.WriteImage(image, str(source))
+    first, second = (save_model(tiny_model(seed=seed), tmp_path / f"m{seed}.pt") for seed in (0, 1))
+    base = ["segment", str(source), "--spacing", "2", "--json", "--quiet", "--device", "cpu"]
+    assert main([*base, "-o", str(tmp_path / "first.nrrd"), "--model", str(first), "--backend", "onnxruntime"]) == 0
+    capsys.readouterr()
+    code = main([*base, "-o", str(tmp_path / "both.nrrd"), "--model", str(first), str(second)])  # auto
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out)
+    assert [m["backend"] for m in summary["models"]] == ["onnxruntime", "torch"]  # only the first was exported
+    assert summary["backend"] == "onnxruntime + torch"

@@ -75,3 +75,24 @@ def test_auto_keeps_a_half_precision_network_on_torch(monkeypatch, tmp_path):
     half = Segmenter(tiny_model(), device="cpu", precision="bfloat16")
     assert isinstance(half.predictor_for((2.0,) * 3, 10_000, reporter), UNet)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_batch_with_options_that_cannot_run_fails_once_before_any_case(tmp_path, capsys, monkeypatch,
+                                                                         tiny_model_file):
+    import sys
+
+    image, _ = asymmetric_phantom()
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a.nrrd", "b.nrrd"):
+        sitk.WriteImage(image, str(folder / name))
+    output = tmp_path / "results"
+    base = ["segment", str(folder), "-o", str(output), "--model", str(tiny_model_file), "--device", "cpu"]
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    for options, words in ((["--precision", "float16"], "float16 runs on a GPU"),
+                           (["--backend", "onnxruntime"], "needs the onnxruntime, onnx and onnxscript packages")):
+        assert main(base + options) == 2
+        captured = capsys.readouterr()
+        error = captured.err.strip().splitlines()
+        assert len(error) == 1 and words in error[0], captured.err
+        assert not output.exists()

@@ -148,6 +148,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 
 def run_segment(args: argparse.Namespace) -> int:
     """Segment one image into the file ``-o``, or a batch of cases into the folder ``-o``."""
+    from ..inference.backends import check_inference_options
     from ..inference.cases import collect_cases, process_rank
     from ..system import resolve_device
     from .segment_batch import segment_batch
@@ -157,6 +158,7 @@ def run_segment(args: argparse.Namespace) -> int:
     cases, batch = collect_cases(args.input)
     rank, world, local_rank = process_rank()
     device = resolve_device(args.device, local_rank)
+    check_inference_options(args.backend, args.precision, device)  # before any case: one error, not one per case
     if batch or world > 1 or args.shard is not None:
         return segment_batch(args, cases, device=device, rank=rank, world=world)
     if args.summary is not None or args.output_suffix is not None or args.skip_existing:

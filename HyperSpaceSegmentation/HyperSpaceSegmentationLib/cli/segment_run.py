@@ -280,9 +280,11 @@ def _case_summary(plan: _CasePlan, paths: list, maps: MapFiles, *, applied: list
         "input": str(plan.name), "output": str(plan.output), "mode": plan.mode,
         "spacing_mm": list(plan.choices[0].spacing), "native_spacing_mm": list(view.spacing),
         "spacing_axes": view.axes, "method": plan.model.method, "device": segmenter.device.type,
-        "backend": segmenter.backend_used, "precision": str(segmenter.precision).removeprefix("torch."),
+        "backend": " + ".join(dict.fromkeys(s.backend_used for s in plan.segmenters)),  # an ensemble's, each once
+        "precision": str(segmenter.precision).removeprefix("torch."),
         "notes": plan.spacing_notes, "postprocessing": applied,
-        "models": [{"model": path, "spacing_mm": list(choice.spacing)} for path, choice in zip(paths, plan.choices)],
+        "models": [{"model": path, "spacing_mm": list(choice.spacing), "backend": member.backend_used}
+                   for path, choice, member in zip(paths, plan.choices, plan.segmenters)],
         "probabilities": maps.probabilities, "uncertainty": maps.uncertainty,
         "tta_predictions": len(segmenter.flips), **memory_time(records),
         "stages": [{"name": r.name, "seconds": round(r.seconds, 3), "peak_memory_mb": round(r.peak_memory_mb, 1),

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError, error_line
+from ..networks import UNet
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 EXPORT_PAYS_VOXELS = 8_000_000  # working voxels from which one export (5-9 s) costs less than ONNX Runtime saves
@@ -38,6 +39,21 @@ def check_backend(name: str) -> str:
     if name not in BACKENDS:
         raise UserError(f"--backend {name}: give one of {', '.join(BACKENDS)}")
     return name
+
+
+def check_inference_options(backend: str, precision: str, device: torch.device) -> torch.dtype:
+    """The type of ``precision`` (``resolve_precision``) once ``backend``, ``precision`` and ``device`` can run
+    together; else a one-line ``UserError``, before any work: ONNX Runtime needs the CPU, float32 and its packages."""
+    check_backend(backend)
+    dtype = resolve_precision(precision, device)
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise UserError("--backend onnxruntime runs on the CPU: add --device cpu, or use --backend torch")
+        if dtype != torch.float32:
+            raise UserError(f"--precision {precision} runs on torch: use --backend torch, or --precision float32")
+        if not onnxruntime_installed():
+            raise UserError(ONNXRUNTIME_MISSING)
+    return dtype
 
 
 PRECISIONS = ("float32", "float16", "bfloat16")
@@ -120,6 +136,9 @@ class OnnxRuntimeNetwork:
         options.enable_cpu_mem_arena = False  # an arena keeps the largest pass's memory (GBs at 1 mm) after the run
         self.path = path
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != ["image"] or len(outputs) != 1 or len(inputs[0].shape) != len(outputs[0].shape):
+            raise ValueError(f"{path} is not a network of this version's interface")  # another writer's: re-export
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().to("cpu", torch.float32).contiguous().numpy()
@@ -128,9 +147,9 @@ class OnnxRuntimeNetwork:
 
 def onnxruntime_network(unet: nn.Module, digest: str, spacing_key: tuple[float, ...] | None,
                         note: Callable[[str], None] | None = None) -> OnnxRuntimeNetwork:
-    """``unet`` (a plain U-Net in its default memory order) as an ``OnnxRuntimeNetwork``: the cached export of model
-    ``digest`` at ``spacing_key``, exported first if missing or unreadable (saying so through ``note``). A
-    ``UserError`` if the packages are missing or the export fails."""
+    """``unet`` (a plain U-Net) as an ``OnnxRuntimeNetwork``: the cached export of model ``digest`` at
+    ``spacing_key``, exported first (in default memory order) if missing, unreadable or of another interface (saying
+    so through ``note``). A ``UserError`` if the packages are missing or the export fails."""
     if not onnxruntime_installed():
         raise UserError(ONNXRUNTIME_MISSING)
     path = exported_path(digest, spacing_key)
@@ -142,7 +161,7 @@ def onnxruntime_network(unet: nn.Module, digest: str, spacing_key: tuple[float, 
             pass
     if note is not None:
         note(f"note: exporting the network for ONNX Runtime (once per model and spacing) to {path.parent}")
-    _export(unet, path)
+    _export(unet.in_default_order() if isinstance(unet, UNet) else unet, path)
     try:
         return OnnxRuntimeNetwork(path, threads)
     except Exception as error:  # noqa: BLE001  (ONNX Runtime raises its own types)

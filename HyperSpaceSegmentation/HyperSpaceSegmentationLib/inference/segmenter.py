@@ -32,8 +32,8 @@ from ..progress import Reporter
 from .. import system
 from ..system import resolve_device
 from .backends import (
-    EXPORT_PAYS_VOXELS, OnnxRuntimeNetwork, autocast, check_backend, exported_path, model_digest,
-    onnxruntime_installed, onnxruntime_network, resolve_precision,
+    EXPORT_PAYS_VOXELS, OnnxRuntimeNetwork, autocast, check_inference_options, exported_path, model_digest,
+    onnxruntime_installed, onnxruntime_network,
 )
 from .cropping import foreground_region
 from .memory import EXTRAPOLATION_REACH, check_memory
@@ -81,12 +81,9 @@ class Segmenter:
         self.max_memory_mb = max_memory_mb
         self.overlap = overlap
         self.cache_size = cache_size
-        self.backend = check_backend(backend)
-        if backend == "onnxruntime" and self.device.type != "cpu":
-            raise UserError("--backend onnxruntime runs on the CPU: add --device cpu, or use --backend torch")
-        self.precision = resolve_precision(precision, self.device)
-        if backend == "onnxruntime" and self.precision != torch.float32:
-            raise UserError(f"--precision {precision} runs on torch: use --backend torch, or --precision float32")
+        self.precision = check_inference_options(backend, precision, self.device)
+        self.backend = backend
+        self._onnxruntime_failed = False  # auto: an export failed, so torch runs every network of this segmenter
         self._networks: OrderedDict[tuple, nn.Module | OnnxRuntimeNetwork] = OrderedDict()
         self._digest: str | None = None
         self.backend_used: str | None = None  # what ran the last prediction: "torch" or "onnxruntime"
@@ -119,10 +116,12 @@ class Segmenter:
             unet = self.model.network.static_unet(key) if key is not None else self.model.network
             try:
                 self._networks[cache_key] = onnxruntime_network(unet, self._digest, key, reporter.log)
-            except UserError:
+            except UserError as error:
                 if self.backend == "onnxruntime":
                     raise
-                return self.network_for(spacing_zyx)  # auto: torch, as without ONNX Runtime
+                self._onnxruntime_failed = True  # auto: torch from now on, as without ONNX Runtime
+                reporter.log(f"note: torch runs the network, as ONNX Runtime could not: {error}")
+                return self.network_for(spacing_zyx)
             self._trim_networks()
         self._networks.move_to_end(cache_key)
         return self._networks[cache_key]
@@ -132,6 +131,8 @@ class Segmenter:
         if self.backend != "auto":
             return self.backend == "onnxruntime"
         if self.device.type != "cpu" or self.model.dim != 3 or self.precision != torch.float32:
+            return False
+        if self._onnxruntime_failed:
             return False
         if not onnxruntime_installed():
             return False

@@ -8,6 +8,7 @@ may add Instructive Feature Enhancement (``networks.ife``) after its middle enco
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -157,6 +158,16 @@ class UNet(nn.Module):
                 if isinstance(module, (UNet, ConvNormReLU)):
                     module.channels_last = True
         return self
+
+    def in_default_order(self) -> UNet:
+        """This network in default memory order, as exporters take it: itself, or a copy if it is channels-last."""
+        if not self.channels_last:
+            return self
+        plain = copy.deepcopy(self).to(memory_format=torch.contiguous_format)
+        for module in plain.modules():
+            if isinstance(module, (UNet, ConvNormReLU)):
+                module.channels_last = False
+        return plain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(batch, num_classes, *x.shape[2:])``; spatial sizes must divide ``config.divisor``."""
