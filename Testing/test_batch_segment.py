@@ -84,6 +84,13 @@ def test_batch_exit_codes_and_usage_errors(scene, model_file, tmp_path, capsys):
     assert script.main([str(broken), str(tmp_path / "out"), "--model", str(model_file), "--device", "cpu"]) == 2
     assert script.main([str(broken), str(tmp_path / "out"), "--spacing", "fine"]) == 2  # the engine's own check
     assert "give native, auto, one spacing in mm" in capsys.readouterr().err
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("kept", encoding="utf-8")
+    for output in (a_file, a_file / "inside"):  # the output folder is a file, or lies in one
+        assert script.main([str(broken), str(output), "--model", str(model_file), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "results.txt" in err and "folder" in err, err
+    assert a_file.read_text(encoding="utf-8") == "kept"
 
 
 def cli_labels(scan: Path, output: Path, *options) -> np.ndarray:

@@ -68,31 +68,31 @@ def segment_folder(python: str, request: SegmentationRequest, inputFolder: str |
     ``python``; ``load_model`` reads a model (the logic's cache), ``segment_volume`` segments a volume node with
     ``request`` (the uncertainty path)."""
     from ..io.images import check_writable
+    from ..io.outputs import output_folder
 
     engine_words = request.engine_words(None, load_model)  # settings checked before any work
     inputs = case_files(inputFolder, VOLUME_SUFFIXES)
     references = case_files(referenceFolder, SEGMENTATION_SUFFIXES) if referenceFolder is not None else {}
-    output = Path(outputFolder)
-    output.mkdir(parents=True, exist_ok=True)
-    results_csv = output / "results.csv"
-    if referenceFolder is not None:
-        check_writable(results_csv, overwrite)  # before any work
-    targets = {case: [output / f"{case}.seg.nrrd", *([output / f"{case}_uncertainty.nrrd"] if request.uncertainty
-                                                    else [])] for case in inputs}
-    outcome = _unusable_cases(inputs, targets, overwrite)  # case: None (done) or why it failed
-    todo = {case: path for case, path in inputs.items() if case not in outcome}
-    if request.uncertainty:  # the engine's batch writes no uncertainty maps: through the scene, case by case
-        for case, path in todo.items():
-            try:
-                segment_file(case, path, targets[case], overwrite, segment_volume)
-                outcome[case] = None
-            except (UserError, RuntimeError, OSError) as error:
-                outcome[case] = str(error)
-    elif todo:
-        outcome.update(run_engine_batch(python, engine_words, todo, {case: targets[case][0] for case in todo},
-                                        overwrite))
-    return _report(outcome, targets, references, referenceFolder=referenceFolder, results_csv=results_csv,
-                   tolerance=tolerance, overwrite=overwrite, log=log)
+    with output_folder(outputFolder, "the results") as output:  # one line if it cannot be a folder
+        results_csv = output / "results.csv"
+        if referenceFolder is not None:
+            check_writable(results_csv, overwrite)  # before any work
+        targets = {case: [output / f"{case}.seg.nrrd", *([output / f"{case}_uncertainty.nrrd"]
+                                                        if request.uncertainty else [])] for case in inputs}
+        outcome = _unusable_cases(inputs, targets, overwrite)  # case: None (done) or why it failed
+        todo = {case: path for case, path in inputs.items() if case not in outcome}
+        if request.uncertainty:  # the engine's batch writes no uncertainty maps: through the scene, case by case
+            for case, path in todo.items():
+                try:
+                    segment_file(case, path, targets[case], overwrite, segment_volume)
+                    outcome[case] = None
+                except (UserError, RuntimeError, OSError) as error:
+                    outcome[case] = str(error)
+        elif todo:
+            outcome.update(run_engine_batch(python, engine_words, todo, {case: targets[case][0] for case in todo},
+                                            overwrite))
+        return _report(outcome, targets, references, referenceFolder=referenceFolder, results_csv=results_csv,
+                       tolerance=tolerance, overwrite=overwrite, log=log)
 
 
 def _unusable_cases(inputs: dict[str, Path], targets: dict[str, list[Path]], overwrite: bool) -> dict[str, str]:
