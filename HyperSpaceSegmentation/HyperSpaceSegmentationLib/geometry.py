@@ -185,13 +185,21 @@ def smooth(image: sitk.Image, sigmas_mm: Sequence[float]) -> sitk.Image:
 def resample_to_spacing(image: sitk.Image, spacing: Sequence[float], antialias: bool = True) -> sitk.Image:
     """Linear resampling of an intensity image onto its working grid at ``spacing`` mm (float32), after Gaussian
     anti-aliasing where it is down-sampled; beyond the outermost voxel centres the edge voxel is repeated."""
-    grid = working_grid(image, spacing)
-    sigmas = antialias_sigmas(image.GetSpacing(), grid.GetSpacing()) if antialias else [0.0] * image.GetDimension()
-    array = torch.from_numpy(sitk.GetArrayFromImage(image).astype(np.float32, copy=False))
-    voxels = [s / sp for s, sp in zip(sigmas, image.GetSpacing())]
-    resampled = sitk.GetImageFromArray(resample_array(array, grid.GetSize()[::-1], voxels[::-1]).numpy())
+    array, grid = resampled_array(sitk.GetArrayFromImage(image), image, spacing, antialias)
+    resampled = sitk.GetImageFromArray(array)
     resampled.CopyInformation(grid)
     return resampled
+
+
+def resampled_array(array: np.ndarray, image: sitk.Image, spacing: Sequence[float],
+                    antialias: bool = True) -> tuple[np.ndarray, sitk.Image]:
+    """``resample_to_spacing`` of ``array`` (the voxels of ``image``, whose own are not read; not copied when float32
+    and writable), as an array, with the working grid (an empty image) it lies on."""
+    grid = working_grid(image, spacing)
+    sigmas = antialias_sigmas(image.GetSpacing(), grid.GetSpacing()) if antialias else [0.0] * image.GetDimension()
+    values = torch.from_numpy(array.astype(np.float32, copy=False))
+    voxels = [s / sp for s, sp in zip(sigmas, image.GetSpacing())]
+    return resample_array(values, grid.GetSize()[::-1], voxels[::-1]).numpy(), grid
 
 
 def permuted_back(array: np.ndarray, permuted: sitk.Image, image: sitk.Image) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..geometry import canonical, grid_size, oriented_like_canonical, reoriented_axes, resample_to_spacing
+from ..geometry import canonical, grid_size, oriented_like_canonical, reoriented_axes, resampled_array
 from ..io.model_file import SegmentationModel
 from ..networks import HyperSpaceNet, UNet
 from ..progress import Reporter
@@ -406,12 +406,10 @@ class Segmenter:
                 region = foreground_region(array, outside, oriented.GetSpacing()[::-1], oriented_like_canonical(mask, image))
             if region is not None:
                 array, target = region.take(array, outside), region.grid(oriented)
-            normalised = sitk.GetImageFromArray(array)
-            normalised.CopyInformation(target)
             in_plane = iter(spacing)
             stack_spacing = [target.GetSpacing()[a] if a == slice_axis else next(in_plane) for a in range(3)]
-            working = resample_to_spacing(normalised, stack_spacing)
-            items = _by_item(sitk.GetArrayViewFromImage(working), item_axis)  # (volume or slices, *shape)
+            working, _ = resampled_array(array, target, stack_spacing)  # no copies through SimpleITK images
+            items = _by_item(working, item_axis)  # (volume or slices, *shape)
         count, shape = items.shape[0], items.shape[1:]
         classes = len(self.model.labels)
         plan = self.windows(target if region is not None else image, spacing)
