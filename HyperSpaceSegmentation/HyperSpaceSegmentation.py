@@ -31,7 +31,7 @@ if MODULE_DIR not in sys.path:
 
 from HyperSpaceSegmentationLib.errors import UserError  # noqa: E402
 from HyperSpaceSegmentationLib.mrml_logic import UNCERTAINTY_REFERENCE_ROLE, HyperSpaceMRMLLogic  # noqa: E402
-from HyperSpaceSegmentationPanel.dependencies import ensureDependencies  # noqa: E402
+from HyperSpaceSegmentationPanel.dependencies import ensureDependencies, missingEnginePackages  # noqa: E402
 from HyperSpaceSegmentationPanel.settings import (  # noqa: E402
     HyperSpaceSegmentationParameterNode, SegmentationMode, SpacingMode, modelFileList, segmentArguments,
 )
@@ -159,6 +159,9 @@ class HyperSpaceSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationM
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if not missingEnginePackages():  # the engine's imports (seconds) done before the first Apply
+            with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation engine.")):
+                self.logic.start_engine()
 
     def exit(self) -> None:
         self.setParameterNode(None)
@@ -470,8 +473,7 @@ class HyperSpaceSegmentationTest(ScriptedLoadableModuleTest):
         self.test_segment_sample_and_evaluate()
 
     def test_segment_sample_and_evaluate(self) -> None:
-        missing = [name for name in ("torch", "psutil", "tqdm", "skimage", "slicerio")
-                   if importlib.util.find_spec(name) is None]
+        missing = missingEnginePackages()
         if missing:  # installing needs the network and a confirmation: not in a test run
             self.skipTest(f"the engine's packages {', '.join(missing)} are not installed: click Apply once to install "
                           "them, then run the test again")

@@ -67,6 +67,20 @@ def test_a_second_run_at_another_spacing_loads_no_model_and_matches_the_command_
     assert again.worker_report["models_loaded"] == 0 and again.process.pid == first.process.pid
 
 
+def test_a_worker_started_ahead_takes_the_first_run(scene, logic, engine, model_file):
+    """What the module does on entry: the worker's imports are done before the first Apply, which it then runs."""
+    assert logic.start_engine() and engine.started == 1
+    worker = engine.process.pid
+    assert logic.start_engine() and engine.started == 1  # one runs: no second
+    job = logic.segment(volume_node(asymmetric_phantom(size=(20, 18, 16))[0]), 2.0, model=model_file, device="cpu",
+                        wait=False)
+    assert job.wait(timeout=180) is not None, job.error
+    assert job.process.pid == worker and engine.started == 1 and job.worker_report["exit_code"] == 0
+    logic.stop_engine()
+    logic.warmEngine = False  # the setting that turns warm engines off: nothing started ahead either
+    assert not logic.start_engine() and engine.started == 1
+
+
 def test_cancel_kills_the_worker_and_the_next_run_starts_a_fresh_one(scene, logic, engine, model_file):
     volume = volume_node(asymmetric_phantom(size=(64, 64, 48))[0])
     job = logic.segment(volume, 1.0, model=model_file, device="cpu", wait=False)

@@ -1,6 +1,7 @@
 """What the engine needs installed at Apply: PyTorch through the PyTorch extension, then the packages of
 requirements.txt that Slicer lacks, each after asking the user."""
 
+import importlib.util
 import pathlib
 
 import slicer
@@ -9,6 +10,12 @@ from slicer.i18n import tr as _
 from HyperSpaceSegmentationLib.errors import UserError
 
 MINIMUM_TORCH = "2.0"
+ENGINE_PACKAGES = ("torch", "psutil", "tqdm", "skimage", "slicerio")  # what the engine imports beyond Slicer's own
+
+
+def missingEnginePackages() -> list[str]:
+    """The engine's packages not installed in Slicer's Python (``ensureDependencies`` installs them at Apply)."""
+    return [name for name in ENGINE_PACKAGES if importlib.util.find_spec(name) is None]
 
 
 def ensureDependencies(requirementsPath: str) -> None:

@@ -75,6 +75,15 @@ class HyperSpaceMRMLLogic:
         """The session's warm engine for ``pythonExecutable`` (``WarmEngine``; shared by every logic)."""
         return warm_engine(self.pythonExecutable)
 
+    def start_engine(self) -> bool:
+        """Start the warm engine's worker ahead of the first ``segment`` (the module does it on entry), so that its
+        imports (seconds) are done by the first Apply; nothing when ``warmEngine`` is off, the engine is unavailable
+        or its worker runs. Returns whether a worker runs."""
+        engine = self.engine()
+        if self.warmEngine and engine.unavailable is None:
+            engine.start()
+        return engine.alive
+
     def stop_engine(self) -> None:
         """End the warm engine's worker (the next ``segment`` starts a new one); Slicer's exit does it too."""
         self.engine().stop(grace=2.0)

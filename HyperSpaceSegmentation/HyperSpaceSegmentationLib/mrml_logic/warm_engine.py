@@ -23,7 +23,7 @@ END_PREFIX = "hyperspace-worker: end "  # but this file must import without the 
 
 class WarmEngine:
     """The session's engine worker for one Python ``executable`` (``python -m HyperSpaceSegmentationLib.worker``):
-    started by the first job, it keeps the models and the networks generated for each spacing loaded and runs one job
+    started ahead (``start``) or by the first job, it keeps the models and the networks generated for each spacing loaded and runs one job
     at a time (a JSON line on its stdin; its output, the one-shot command's, then an end line). A reader thread puts
     its output lines on ``lines``, which the running job polls, so nothing here ever waits on the worker.
 
@@ -53,12 +53,16 @@ class WarmEngine:
         """Whether its worker process runs."""
         return self.process is not None and self.process.poll() is None
 
+    def start(self) -> None:
+        """Start a worker unless one runs (ahead of the first job); a ``UserError`` when it cannot be started."""
+        if not self.alive:
+            self._start()
+
     def submit(self, job: Any, arguments: list[str], folder: str) -> subprocess.Popen:
         """Send the job with the command line's ``arguments`` (``segment ...``), run in ``folder``, to the worker,
         starting one when none runs; returns the worker's process. A ``UserError`` when it cannot be started."""
         line = json.dumps({"argv": arguments, "cwd": folder}) + "\n"
-        if not self.alive:
-            self._start()
+        self.start()
         if not self._send(line) and self.ready:  # a worker that died while idle: a fresh one
             self._start()
             self._send(line)  # a fresh one that ends at once is seen by the job (no ready line: a process of its own)
