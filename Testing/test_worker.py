@@ -14,6 +14,7 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from conftest import asymmetric_phantom
 from HyperSpaceSegmentationLib.errors import UserError
@@ -188,6 +189,8 @@ def test_the_worker_protocol_bad_lines_and_stdin_closing(tmp_path, model_file):
                               env={**os.environ, **engine_environment()})
     try:
         ready = worker.stdout.readline()
+        facts = json.loads(ready.split("ready ", 1)[1])
+        assert facts["torch"] == torch.__version__ and facts["cuda"] == torch.cuda.is_available()  # imported ahead
         assert ready.startswith("hyperspace-worker: ready ") and json.loads(ready.split("ready ", 1)[1])["pid"] == \
             worker.pid
 

@@ -4,7 +4,9 @@ neither Python's start-up nor a model load nor (at a spacing seen before) the ne
 
 The protocol, one line each way (UTF-8):
 
-- The worker starts by writing ``hyperspace-worker: ready {"protocol": 1, "pid": N}`` on stdout.
+- The worker imports what a segmentation uses (PyTorch, SimpleITK, the engine: seconds, done before the first job,
+  so the module starts it on entry), then writes ``hyperspace-worker: ready {"protocol": 1, "pid": N, "torch":
+  "2.13.0", "cuda": false}`` on stdout (``cuda``: whether PyTorch sees a CUDA GPU).
 - A job is one JSON line on stdin: ``{"argv": ["segment", INPUT, "-o", OUTPUT, ...], "cwd": FOLDER}``, the arguments
   the one-shot ``hyperspace segment`` command gets (only ``segment``) and the folder to run in (optional).
 - The job writes what the one-shot command writes (progress lines, notes, ``hyperspace: error: ...``) on stdout and
@@ -145,13 +147,32 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _preload() -> dict:
+    """Import what a ``segment`` job uses but ``cli`` imports only when it runs (a second on the first job); returns
+    the ready line's facts about PyTorch. A package that is missing is left to the job that needs it to report."""
+    import importlib
+
+    for name in ("torch", "SimpleITK", "scipy.ndimage", "slicerio", "HyperSpaceSegmentationLib.cli.segment",
+                 "HyperSpaceSegmentationLib.cli.segment_batch", "HyperSpaceSegmentationLib.inference.segmenter",
+                 "HyperSpaceSegmentationLib.io.images", "HyperSpaceSegmentationLib.evaluation.labels"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    if "HyperSpaceSegmentationLib.inference.backends" in sys.modules:
+        sys.modules["HyperSpaceSegmentationLib.inference.backends"].onnxruntime_installed()  # imports ONNX Runtime
+    torch = sys.modules.get("torch")
+    return {"torch": torch.__version__ if torch else None, "cuda": bool(torch and torch.cuda.is_available())}
+
+
 def serve(stdin: TextIO, stdout: TextIO) -> int:
     """Take jobs from ``stdin`` until it closes; returns the exit code."""
     from .cli.segment_run import SegmentationRun
 
     cache = EngineCache()
     SegmentationRun.cache = cache
-    stdout.write(READY_PREFIX + json.dumps({"protocol": PROTOCOL, "pid": os.getpid()}) + "\n")
+    ready = {"protocol": PROTOCOL, "pid": os.getpid(), **_preload()}
+    stdout.write(READY_PREFIX + json.dumps(ready) + "\n")
     stdout.flush()
     for line in stdin:
         if not line.strip():

@@ -245,6 +245,9 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
     return matrix
 
 
+SEGMENTATION_COMPRESSION = 6  # gzip level of .seg.nrrd: slicerio's 9 took 0.58 s for a 1 mm brain, 6 0.07 s (+10% size)
+
+
 def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str], colors: Mapping) -> None:
     """A one-layer Slicer segmentation whose segments keep their label values, names and colours."""
     import slicerio
@@ -274,7 +277,7 @@ def _write_segmentation(labels: sitk.Image, path: Path, names: Mapping[int, str]
         # reads a parameter only when an '&' ends it, and slicerio puts '&' between parameters only
         "conversionParameters": [{"name": "Reference image geometry", "value": _reference_geometry(labels),
                                   "description": "Image geometry of the segmented scan (IJK to RAS matrix; extent)&"}],
-    })
+    }, compression_level=SEGMENTATION_COMPRESSION)
     if utf8:
         _utf8_names(path, utf8)
 
