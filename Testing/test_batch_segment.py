@@ -93,6 +93,13 @@ def test_batch_exit_codes_and_usage_errors(scene, model_file, tmp_path, capsys):
     assert a_file.read_text(encoding="utf-8") == "kept"
 
 
+def test_batch_into_a_folder_it_cannot_write_in_is_one_line(scene, model_file, folders, capsys, read_only_folder):
+    scans, _ = folders
+    assert batch_script().main([str(scans), str(read_only_folder), "--model", str(model_file), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot write in folder" in err, err
+
+
 def cli_labels(scan: Path, output: Path, *options) -> np.ndarray:
     """The command line's labels (a label map) for ``scan`` with ``options``."""
     assert cli.main(["segment", str(scan), "-o", str(output), "--device", "cpu", "--quiet", *map(str, options)]) == 0

@@ -44,6 +44,16 @@ def test_curvature_of_a_disc_grows_with_its_perimeter_not_its_area():
     assert large / small == pytest.approx(2.0, rel=0.15)  # area ratio would be 4
 
 
+def test_curvature_scores_of_half_precision_features_are_those_of_float32():
+    """In float16 the summed responses of a large feature map overflow to infinity and would reorder the channels."""
+    generator = torch.Generator().manual_seed(0)
+    features = (torch.randn(1, 6, 320, 320, generator=generator) * 40).half()
+    scores = curvature_scores(features)
+    assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    assert torch.allclose(scores, curvature_scores(features.float()))
+    assert features.float().abs().sum() > torch.finfo(torch.float16).max  # where float16 sums overflow
+
+
 def test_entropy_of_a_constant_is_zero_and_of_noise_near_its_maximum():
     rng = np.random.default_rng(0)
     noise = rng.uniform(-3, 5, (64, 64))

@@ -130,7 +130,7 @@ def test_output_that_is_a_file_or_under_a_file_is_refused_before_training(tmp_pa
 def test_read_only_output_folder_is_refused_before_training(tmp_path, capsys, read_only_folder):
     dataset = write_dataset(tmp_path)
     assert_refused(capsys, tmp_path, [dataset, "-o", read_only_folder, *FAST], "cannot write in folder", "locked")
-    assert_refused(capsys, tmp_path, [dataset, "-o", read_only_folder / "run", *FAST], "cannot create the folder")
+    assert_refused(capsys, tmp_path, [dataset, "-o", read_only_folder / "run", *FAST], "cannot write in folder")
 
 
 def test_validation_dice_is_reported_at_checkpoints_and_recorded(tmp_path, capsys):

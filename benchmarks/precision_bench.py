@@ -1,12 +1,13 @@
 """Half precision against float32 (issue 18, item 4): ``--precision`` float16 and bfloat16 (torch's autocast) against
-float32, on the same segmenter's input and generated U-Nets, per working spacing: the predict stage's seconds, its
+float32, on the same model and input, one segmenter per precision, per working spacing: the predict stage's seconds, its
 peak GPU memory, and how many labels on the input grid change (agreement, and Dice per class against float32).
 
     pip install --no-deps nilearn
     python benchmarks/precision_bench.py [--device cuda] [--spacings 1 1.5 2 3] [--image FILE] [--cudnn-benchmark]
 
-Each precision runs one untimed warm-up at each spacing (the U-Net generated, kernels chosen), then ``--repeats``
-timed segmentations of the whole image; the table gives the median. On the CPU float16 is not offered (see
+Each precision runs one untimed first run at each spacing (the U-Net generated, kernels chosen; "first (s)", which for
+float32 at the first spacing also holds the process's one-time start-up), then ``--repeats`` timed segmentations of
+the whole image; the table gives the median. On the CPU float16 is not offered (see
 ``resolve_precision``): float32 and bfloat16 only.
 """
 

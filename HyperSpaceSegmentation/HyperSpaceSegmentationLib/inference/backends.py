@@ -28,6 +28,8 @@ from ..errors import UserError, error_line
 from ..networks import UNet
 
 BACKENDS = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("float32", "float16", "bfloat16")
+EXPORT_FORMAT = 2  # raised whenever what is exported changes (2: the plain U-Net, never its channels-last form)
 EXPORT_PAYS_VOXELS = 8_000_000  # working voxels from which one export (5-9 s) costs less than ONNX Runtime saves
 ONNXRUNTIME_PACKAGES = ("onnxruntime", "onnx", "onnxscript")
 ONNXRUNTIME_MISSING = ("--backend onnxruntime needs the onnxruntime, onnx and onnxscript packages: pip install "
@@ -56,18 +58,25 @@ def check_inference_options(backend: str, precision: str, device: torch.device) 
     return dtype
 
 
-PRECISIONS = ("float32", "float16", "bfloat16")
-
-
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The type the network's convolutions compute in (autocast): float32, float16 (a GPU only) or bfloat16. Half
-    precision keeps 99.99% (float16) and 99.94% (bfloat16) of the labels; it saves GPU memory but no time on an
-    H200, and on the CPU it is faster at coarse spacings only (docs/BENCHMARKS.md). A ``UserError`` otherwise."""
+    """The type the network's convolutions compute in (autocast): float32, float16 (a GPU only) or bfloat16 (a GPU
+    that computes in it, or the CPU). Half precision changes a few labels and saves GPU memory, but no time on an H200
+    (docs/BENCHMARKS.md, "On a GPU"). A ``UserError`` otherwise."""
     if name not in PRECISIONS:
         raise UserError(f"--precision {name}: give one of {', '.join(PRECISIONS)}")
     if name == "float16" and device.type != "cuda":
         raise UserError("--precision float16 runs on a GPU: add --device cuda, or use bfloat16 or float32 on the CPU")
+    if name == "bfloat16" and device.type == "cuda" and not _computes_in_bfloat16():
+        raise UserError("--precision bfloat16: this GPU does not compute in bfloat16: use float16 or float32")
     return getattr(torch, name)
+
+
+def _computes_in_bfloat16() -> bool:
+    """Whether this process's GPU has bfloat16 arithmetic of its own (not emulated; torch < 2.4 cannot tell)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:
+        return torch.cuda.is_bf16_supported()
 
 
 def autocast(device: torch.device, precision: torch.dtype) -> contextlib.AbstractContextManager:
@@ -119,7 +128,8 @@ def exported_path(digest: str, spacing_key: tuple[float, ...] | None) -> Path:
     from ..export import ONNX_OPSET
 
     spacing = "x".join(f"{s:g}" for s in spacing_key) if spacing_key else "fixed"
-    return cache_folder() / digest / f"{spacing}mm-opset{ONNX_OPSET}-torch{torch.__version__.split('+')[0]}.onnx"
+    torch_version = torch.__version__.split("+")[0]
+    return cache_folder() / digest / f"{spacing}mm-opset{ONNX_OPSET}-torch{torch_version}-v{EXPORT_FORMAT}.onnx"
 
 
 class OnnxRuntimeNetwork:

@@ -74,6 +74,7 @@ class Segmenter:
         self.slices = slices
         self.flips = tta_flips(tta, model.dim)
         self.device = resolve_device(device)
+        self.precision = check_inference_options(backend, precision, self.device)
         self.model.network.to(self.device)
         if patch is not None and (problem := model.unet_config.patch_problem(patch)):
             raise UserError(f"--patch {patch}: {problem}")
@@ -81,7 +82,6 @@ class Segmenter:
         self.max_memory_mb = max_memory_mb
         self.overlap = overlap
         self.cache_size = cache_size
-        self.precision = check_inference_options(backend, precision, self.device)
         self.backend = backend
         self._onnxruntime_failed = False  # auto: an export failed, so torch runs every network of this segmenter
         self._networks: OrderedDict[tuple, nn.Module | OnnxRuntimeNetwork] = OrderedDict()

@@ -101,8 +101,12 @@ def output_folder(folder: str | os.PathLike, option: str) -> Iterator[Path]:
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # one that exists may still refuse new files
     except OSError as error:
-        raise UserError(f"cannot create the folder {folder} ({error.strerror or type(error).__name__}): give "
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise UserError(f"cannot write in folder {folder} ({error.strerror or type(error).__name__}): give "
                         f"{option} a folder you can write in") from None
     try:
         yield folder

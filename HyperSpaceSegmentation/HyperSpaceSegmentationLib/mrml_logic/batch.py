@@ -73,7 +73,7 @@ def segment_folder(python: str, request: SegmentationRequest, inputFolder: str |
     engine_words = request.engine_words(None, load_model)  # settings checked before any work
     inputs = case_files(inputFolder, VOLUME_SUFFIXES)
     references = case_files(referenceFolder, SEGMENTATION_SUFFIXES) if referenceFolder is not None else {}
-    with output_folder(outputFolder, "the results") as output:  # one line if it cannot be a folder
+    with output_folder(outputFolder, "outputFolder") as output:  # one line if it cannot be a folder
         results_csv = output / "results.csv"
         if referenceFolder is not None:
             check_writable(results_csv, overwrite)  # before any work

@@ -27,9 +27,10 @@ CURVATURE_KERNEL = torch.tensor([[_ALPHA, _BETA, _ALPHA], [_BETA, _GAMMA, _BETA]
 def curvature_scores(features: torch.Tensor) -> torch.Tensor:
     """``(batch, channels)``: the summed absolute mean-curvature response of each channel over its valid 3x3
     windows (no padding, so a constant channel scores exactly 0)."""
-    channels = features.shape[1]
+    channels, features = features.shape[1], features.float()  # float32 also under autocast: float16 sums overflow
     kernel = CURVATURE_KERNEL.to(features).expand(channels, 1, 3, 3)
-    return F.conv2d(features, kernel, groups=channels).abs().sum(dim=(2, 3))
+    with torch.autocast(features.device.type, enabled=False):
+        return F.conv2d(features, kernel, groups=channels).abs().sum(dim=(2, 3))
 
 
 def entropy_scores(features: torch.Tensor, bins: int = ENTROPY_BINS) -> torch.Tensor:

@@ -111,7 +111,7 @@ def _instance_norm_relu_channels_last(x: torch.Tensor, norm: nn.Module) -> torch
     statistics per sample and channel over rows of channels, scale and shift in one pass."""
     n, c = x.shape[:2]
     rows = x.permute(0, 2, 3, 4, 1).reshape(n, -1, c)  # a view of channels-last memory
-    variance, mean = torch.var_mean(rows, dim=1, keepdim=True, correction=0)
+    variance, mean = torch.var_mean(rows.float(), dim=1, keepdim=True, correction=0)  # float32 under autocast too
     scale = norm.weight * torch.rsqrt(variance + norm.eps)
     normalised = torch.addcmul(norm.bias - mean * scale, rows, scale).relu_()
     return normalised.view(n, *x.shape[2:], c).permute(0, 4, 1, 2, 3)
