@@ -103,18 +103,21 @@ def output_folder(folder: str | os.PathLike, option: str) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()  # one that exists may still refuse new files
     except OSError as error:
-        for path in created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
+        _remove_empty(created)
         raise UserError(f"cannot write in folder {folder} ({error.strerror or type(error).__name__}): give "
                         f"{option} a folder you can write in") from None
     try:
         yield folder
     except BaseException:
-        for path in created:
-            with contextlib.suppress(OSError):
-                path.rmdir()  # only while empty
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (innermost first) that are empty."""
+    for path in folders:
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only while empty
 
 
 @contextlib.contextmanager

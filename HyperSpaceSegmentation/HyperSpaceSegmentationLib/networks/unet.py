@@ -153,21 +153,23 @@ class UNet(nn.Module):
         """For 3D inference on the CPU: weights and activations in channels-last memory order, where oneDNN's
         convolutions, pooling and up-sampling run faster; the same outputs to float rounding (2D: unchanged)."""
         if self.config.dim == 3:
-            self.to(memory_format=torch.channels_last_3d)
-            for module in self.modules():
-                if isinstance(module, (UNet, ConvNormReLU)):
-                    module.channels_last = True
+            self._set_memory_order(torch.channels_last_3d)
         return self
 
     def in_default_order(self) -> UNet:
         """This network in default memory order, as exporters take it: itself, or a copy if it is channels-last."""
         if not self.channels_last:
             return self
-        plain = copy.deepcopy(self).to(memory_format=torch.contiguous_format)
-        for module in plain.modules():
-            if isinstance(module, (UNet, ConvNormReLU)):
-                module.channels_last = False
+        plain = copy.deepcopy(self)
+        plain._set_memory_order(torch.contiguous_format)
         return plain
+
+    def _set_memory_order(self, order: torch.memory_format) -> None:
+        """Weights in ``order``; the modules that normalise channels-last activations in their own order told."""
+        self.to(memory_format=order)
+        for module in self.modules():
+            if isinstance(module, (UNet, ConvNormReLU)):
+                module.channels_last = order == torch.channels_last_3d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(batch, num_classes, *x.shape[2:])``; spatial sizes must divide ``config.divisor``."""
