@@ -193,8 +193,8 @@ def resample_to_spacing(image: sitk.Image, spacing: Sequence[float], antialias: 
 
 def resampled_array(array: np.ndarray, image: sitk.Image, spacing: Sequence[float],
                     antialias: bool = True) -> tuple[np.ndarray, sitk.Image]:
-    """``resample_to_spacing`` of ``array`` (the voxels of ``image``, whose own are not read; not copied when float32
-    and writable), as an array, with the working grid (an empty image) it lies on."""
+    """``resample_to_spacing`` of ``array`` (the voxels of ``image``, whose own are not read; a float32 array is not
+    copied, so hand it a writable one), as an array, with the working grid (an empty image) it lies on."""
     grid = working_grid(image, spacing)
     sigmas = antialias_sigmas(image.GetSpacing(), grid.GetSpacing()) if antialias else [0.0] * image.GetDimension()
     values = torch.from_numpy(array.astype(np.float32, copy=False))

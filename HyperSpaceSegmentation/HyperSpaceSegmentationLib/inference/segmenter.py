@@ -130,9 +130,7 @@ class Segmenter:
         """Whether the network of ``key`` runs on ONNX Runtime (see ``backends``)."""
         if self.backend != "auto":
             return self.backend == "onnxruntime"
-        if self.device.type != "cpu" or self.model.dim != 3 or self.precision != torch.float32:
-            return False
-        if self._onnxruntime_failed:
+        if self.device.type != "cpu" or self.model.dim != 3 or self.precision != torch.float32 or self._onnxruntime_failed:
             return False
         if not onnxruntime_installed():
             return False
